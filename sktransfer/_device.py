@@ -1,0 +1,64 @@
+"""Device choice, mixed precision and CPU-safe pickling of torch modules."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+
+
+def resolve_device(device):
+    """'auto' -> CUDA when available, else CPU; anything else is checked."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was asked for but CUDA is not available on this machine; "
+            "use device='auto' or 'cpu'."
+        )
+    return resolved
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast on CUDA (fp16 on GPUs without bf16); nothing on CPU."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def module_device(module):
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def cpu_copy(module):
+    """Deep copy of ``module`` with every tensor on the CPU, without copying GPU tensors first."""
+    memo = {}
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.device.type != "cpu" and id(tensor) not in memo:
+            cpu = tensor.detach().to("cpu")
+            if isinstance(tensor, torch.nn.Parameter):
+                cpu = torch.nn.Parameter(cpu, requires_grad=tensor.requires_grad)
+            memo[id(tensor)] = cpu
+    return copy.deepcopy(module, memo)
+
+
+def cpu_state(state, module_attrs):
+    """Pickle state of an estimator with its torch modules moved to the CPU."""
+    state = dict(state)
+    for name in module_attrs:
+        module = state.get(name)
+        if isinstance(module, torch.nn.Module) and module_device(module).type != "cpu":
+            state[name] = cpu_copy(module)
+    return state

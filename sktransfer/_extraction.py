@@ -1,0 +1,119 @@
+"""Running a backbone up to the requested layers, batch by batch."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from ._device import autocast
+from ._pooling import pool
+from ._preprocessing import prepare_batch
+
+EMBEDDING = "embedding"
+LOGITS = "logits"
+
+
+class _Stop(Exception):
+    """Raised from a hook once every requested layer has been seen."""
+
+
+def resolve_layers(backbone, layer):
+    """``layer`` parameter -> list of (label, module name or None).
+
+    Labels: ``"embedding"`` (pooled last feature map; ``layer=None``),
+    ``"logits"`` (the pretrained model's own output), ``"stageK"`` (output of
+    stage K, see ``Backbone.stages``) or any module name of ``backbone.model``
+    (torchvision feature-extraction node names of module outputs, timm
+    feature module names such as ``"blocks.3"``).
+    """
+    if layer is None:
+        requested = [EMBEDDING]
+    elif isinstance(layer, str):
+        requested = [layer]
+    elif isinstance(layer, (list, tuple)) and layer and all(isinstance(l, str) or l is None for l in layer):
+        requested = [EMBEDDING if l is None else l for l in layer]
+    else:
+        raise TypeError(
+            "layer must be None, a layer name (str) or a non-empty list of names, "
+            f"got {layer!r}."
+        )
+    if len(set(requested)) != len(requested):
+        raise ValueError(f"layer lists a name twice: {requested}.")
+    modules = dict(backbone.model.named_modules())
+    stage_modules = backbone.stage_output_modules()
+    plan = []
+    for name in requested:
+        if name in (EMBEDDING, LOGITS):
+            plan.append((name, None))
+            continue
+        match = re.fullmatch(r"stage(\d+)", name)
+        if match and int(match.group(1)) < len(stage_modules):
+            plan.append((name, stage_modules[int(match.group(1))]))
+        elif name in modules and name != "":
+            plan.append((name, name))
+        else:
+            stage_names = [f"stage{i}" for i in range(len(stage_modules))]
+            top = [n for n, _ in backbone.model.named_children()]
+            raise ValueError(
+                f"Unknown layer {name!r} for backbone {backbone.name!r}. Valid: None or "
+                f"'{EMBEDDING}' (pooled embedding), '{LOGITS}', stages {stage_names} "
+                f"(= modules {stage_modules}), or any module name such as {top} "
+                "(all names: dict(model.named_modules()))."
+            )
+    return plan
+
+
+def forward_layers(backbone, x, plan, pooling):
+    """Pooled, concatenated outputs of the planned layers for one batch."""
+    labels = [label for label, _ in plan]
+    taps = {label: module for label, module in plan if module is not None}
+    captured = {}
+    pending = set(taps)
+    stop_early = [False]
+    modules = dict(backbone.model.named_modules())
+
+    def make_hook(label):
+        def hook(_module, _inputs, output):
+            captured[label] = output
+            pending.discard(label)
+            if stop_early[0] and not pending:
+                raise _Stop
+
+        return hook
+
+    handles = [modules[module].register_forward_hook(make_hook(label)) for label, module in taps.items()]
+    try:
+        if LOGITS in labels:
+            captured[LOGITS] = backbone(x)
+        if EMBEDDING in labels:
+            captured[EMBEDDING] = backbone.forward_features(x)
+        if pending:
+            stop_early[0] = True
+            try:
+                backbone(x)
+            except _Stop:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat([pool(captured[label], pooling) for label in labels], dim=1)
+
+
+def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_last=True,
+            progress=None):
+    """Embeddings of every image in ``source`` as a float32 numpy array."""
+    n = len(source)
+    out = None
+    with torch.inference_mode(), autocast(device):
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            x = prepare_batch(source.batch(slice(start, stop)), spec, device, channels_last)
+            feats = forward_layers(backbone, x, plan, pooling).float().cpu().numpy()
+            if out is None:
+                out = np.empty((n, feats.shape[1]), dtype=np.float32)
+            out[start:stop] = feats
+            if progress is not None:
+                progress.update(stop - start)
+    return out

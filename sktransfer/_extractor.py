@@ -1,0 +1,235 @@
+"""PretrainedFeatureExtractor: a frozen pretrained CNN as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbones import DEFAULT_BACKBONE, load_backbone
+from ._device import cpu_state, module_device, resolve_device
+from ._extraction import extract, resolve_layers
+from ._inputs import ArraySource, as_images, check_pixel_range, learn_pixel_range
+from ._pooling import check_pooling
+from ._progress import progress_bar
+
+DOCS_URL = "https://sktransfer.readthedocs.io/en/latest/api.html#{estimator_name}"
+
+
+def check_positive_int(value, name, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+
+
+class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
+    """Embeddings from a frozen pretrained CNN, as a scikit-learn transformer.
+
+    ``fit`` loads the backbone (nothing is learned from the images except the
+    value range of float inputs); ``transform`` runs it in ``eval()`` mode
+    under ``torch.inference_mode`` batch by batch and returns float32 features.
+
+    Parameters
+    ----------
+    backbone : str, torch.nn.Module or fitted estimator, default="efficientnet_lite0"
+        ``"efficientnet_lite0"`` (embedded ImageNet weights, offline), a
+        torchvision model name (``"resnet18"``, ``"convnext_tiny"``, ...),
+        ``"timm/<name>"``, a ``torch.nn.Module``, or a fitted
+        :class:`FineTuneClassifier` (transfer a fine-tuned source model).
+    weights : "DEFAULT", str, path or None, default="DEFAULT"
+        Pretrained weights: ``"DEFAULT"``, a torchvision weights name
+        (``"IMAGENET1K_V2"``), a timm tag, ``None`` (random initialisation) or
+        the path of a state-dict file (loaded with ``weights_only=True``).
+        Weights are read from the local cache only; missing ones raise
+        :class:`~sktransfer.WeightsNotFoundError` saying what to download and where.
+    layer : None, str or list of str, default=None
+        ``None``: the pooled last feature map (penultimate embedding).
+        ``"logits"``: the pretrained model's own output (ImageNet logits).
+        ``"stageK"``: the output of backbone stage K. Any module name of the
+        model (``"layer3"``, ``"features.4"``, ``"blocks.2"``). A list
+        concatenates several.
+    pooling : {"avg", "max", "avgmax", "catavgmax", "gem", "token"} or None, default="avg"
+        How feature maps become vectors; ``None`` flattens.
+    image_size : int or None, default=None
+        Side of the square input the images are resized to (antialiased);
+        ``None`` uses the backbone's native size.
+    input_shape : tuple or None, default=None
+        Shape of one image when ``X`` is a 2-D table, e.g. ``(8, 8)`` or
+        ``(28, 28, 1)``. ``None``: a perfect-square number of columns is a square
+        grey image, anything else a 1-pixel-high strip.
+    pixel_range : "auto" or (lo, hi), default="auto"
+        Black and white values of float (and non-uint8/16 integer) inputs.
+        ``"auto"`` takes [0, 1] when the training data lies in it, else
+        ``(min(0, data min), data max)`` learned at ``fit``. uint8 and uint16
+        always use their full range; files and PIL images are 8-bit.
+    preprocessing : dict, Preprocessing or None, default=None
+        Overrides of the backbone's mean, std, interpolation or native size
+        (needed for a custom ``nn.Module`` not trained on ImageNet statistics).
+    batch_size : int, default=64
+        Images per forward pass; memory is bounded by it whatever the number
+        of images.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
+    verbose : int, default=0
+        ``>0`` shows a tqdm progress bar over images.
+
+    Attributes
+    ----------
+    backbone_ : sktransfer.Backbone
+        The loaded, frozen network.
+    preprocessing_ : Preprocessing
+        Input size and normalisation in use.
+    pixel_range_ : tuple of float
+        Value range mapped to [0, 1] for float inputs.
+    layers_ : list of (str, str or None)
+        Resolved layer requests (label, module name).
+    n_features_out_ : int
+        Embedding size.
+    layer_widths_ : list of int
+        Width of each requested layer's block of features.
+    n_features_in_ : int
+        Columns of ``X`` seen in ``fit`` (only when ``X`` is a 2-D table).
+    feature_names_in_ : ndarray of str
+        Column names seen in ``fit`` (only for DataFrames with string columns).
+
+    See Also
+    --------
+    FineTuneClassifier : fine-tunes the same backbones end to end.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sktransfer import PretrainedFeatureExtractor
+    >>> X, y = load_digits(return_X_y=True)
+    >>> model = make_pipeline(
+    ...     PretrainedFeatureExtractor(image_size=32),
+    ...     LogisticRegression(max_iter=1000),
+    ... )
+    >>> model.fit(X[:100], y[:100]).score(X[100:200], y[100:200]) > 0.5
+    True
+    """
+
+    def __init__(
+        self,
+        backbone=DEFAULT_BACKBONE,
+        weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        image_size=None,
+        input_shape=None,
+        pixel_range="auto",
+        preprocessing=None,
+        batch_size=64,
+        device="auto",
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.image_size = image_size
+        self.input_shape = input_shape
+        self.pixel_range = pixel_range
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.device = device
+        self.verbose = verbose
+
+    # -- fitting ------------------------------------------------------------
+    def _check_params(self):
+        check_pooling(self.pooling)
+        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.image_size, "image_size", allow_none=True)
+        check_pixel_range(self.pixel_range)
+        resolve_device(self.device)
+
+    def fit(self, X, y=None):
+        """Load the backbone and learn the value range of float inputs.
+
+        Parameters
+        ----------
+        X : images
+            Arrays, tensors, 2-D tables, paths or PIL images (see the user guide).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PretrainedFeatureExtractor
+        """
+        self._check_params()
+        source = as_images(X, self, input_shape=self.input_shape, reset=True)
+        self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
+        backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
+        backbone.eval().requires_grad_(False)
+        self.backbone_ = backbone
+        self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
+        self.layers_ = resolve_layers(backbone, self.layer)
+        size = self.preprocessing_.image_size
+        probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
+        self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
+        self.n_features_out_ = sum(self.layer_widths_)
+        return self
+
+    # -- transforming -------------------------------------------------------
+    def transform(self, X):
+        """Embed images.
+
+        Parameters
+        ----------
+        X : images
+            Same kinds as in :meth:`fit`.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        """
+        check_is_fitted(self, "backbone_")
+        source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
+        with progress_bar(self.verbose, len(source), "embedding", unit="img") as bar:
+            return self._run(source, bar)
+
+    def _run(self, source, bar=None, layers=None):
+        device = resolve_device(self.device)
+        if module_device(self.backbone_) != device:
+            self.backbone_.to(device)
+        return extract(
+            self.backbone_, source, layers or self.layers_, self.pooling, self.preprocessing_,
+            device, self.batch_size, channels_last=True, progress=bar,
+        )
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output features: ``"<layer>_<i>"``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str
+        """
+        check_is_fitted(self, "n_features_out_")
+        names = [
+            f"{label}_{i}"
+            for (label, _), width in zip(self.layers_, self.layer_widths_)
+            for i in range(width)
+        ]
+        return np.asarray(names, dtype=object)
+
+    # -- scikit-learn plumbing ------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = []
+        tags.non_deterministic = False
+        return tags
+
+    def __getstate__(self):
+        return cpu_state(super().__getstate__(), ["backbone_"])
+
+    _doc_link_template = DOCS_URL
+    _doc_link_module = "sktransfer"
+

@@ -1,0 +1,325 @@
+"""Every accepted input kind becomes an :class:`ImageSource` that yields batches.
+
+Accepted ``X``:
+
+* numpy arrays ``(N, H, W)`` (grey), ``(N, H, W, C)`` with C in {1, 3, 4},
+  or unambiguous ``(N, C, H, W)``; torch tensors ``(N, C, H, W)`` or ``(N, H, W)``;
+* 2-D numeric tables ``(N, F)`` (numpy, pandas, lists of rows): each row is
+  one image of shape ``input_shape``. Without ``input_shape`` a row of F values
+  is a ``sqrt(F) x sqrt(F)`` grey image when F is a perfect square, else a
+  ``1 x F`` grey strip (so generic scikit-learn tooling works on any table);
+* lists, tuples, 1-D object arrays or pandas Series of file paths (decoded
+  lazily, one batch at a time), of PIL images, or of arrays of mixed sizes;
+* a one-column pandas DataFrame of paths (what ``ColumnTransformer`` passes).
+
+Pixel values: ``uint8`` is divided by 255 and ``uint16`` by 65535; other
+dtypes are mapped with a value range ``(lo, hi)`` to [0, 1] (see
+``pixel_range`` of the estimators). Inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+try:  # pandas is optional
+    import pandas as pd
+except ImportError:  # pragma: no cover
+    pd = None
+
+from sklearn.utils.validation import check_array, validate_data
+
+_FIXED_SCALES = {"uint8": 255.0, "uint16": 65535.0}
+
+
+def _dtype_name(array):
+    return str(array.dtype).replace("torch.", "")
+
+
+class ImageSource:
+    """A sized collection of images that yields float tensors in [0, 1]."""
+
+    #: numeric arrays report their raw value range; files and PIL images are uint8
+    value_range = None
+
+    def __len__(self):
+        raise NotImplementedError
+
+    def batch(self, indices):
+        """Images at ``indices``: a (b, C, H, W) float32 tensor or a list of (C, H, W) tensors."""
+        raise NotImplementedError
+
+
+def _scale(array, pixel_range):
+    """Numeric array or tensor -> float32 tensor in [0, 1] (always a fresh copy)."""
+    if isinstance(array, torch.Tensor):
+        tensor = array.detach().to("cpu", torch.float32, copy=True)
+    else:
+        tensor = torch.tensor(array, dtype=torch.float32)
+    scale = _FIXED_SCALES.get(_dtype_name(array))
+    if scale is not None:
+        return tensor / scale
+    lo, hi = pixel_range
+    if (lo, hi) == (0.0, 1.0):
+        return tensor
+    return (tensor - lo) / (hi - lo)
+
+
+class ArraySource(ImageSource):
+    """Numeric (N, C, H, W) view of an array or tensor (the caller's object is not copied up front)."""
+
+    def __init__(self, data, pixel_range):
+        self.data = data  # (N, C, H, W), numpy or torch
+        self.pixel_range = pixel_range
+        fixed = _dtype_name(data) in _FIXED_SCALES
+        self.value_range = None if fixed or len(data) == 0 else _minmax(data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def batch(self, indices):
+        return _scale(self.data[indices], self.pixel_range)
+
+
+def _minmax(data):
+    if isinstance(data, torch.Tensor):
+        return float(data.min()), float(data.max())
+    return float(np.min(data)), float(np.max(data))
+
+
+class ListSource(ImageSource):
+    """Items decoded one by one: paths, PIL images, or arrays of mixed sizes."""
+
+    def __init__(self, items, pixel_range):
+        self.items = items
+        self.pixel_range = pixel_range
+        arrays = [it for it in items if isinstance(it, (np.ndarray, torch.Tensor))]
+        if arrays:
+            ranges = [_minmax(a) for a in arrays if _dtype_name(a) not in _FIXED_SCALES]
+            if ranges:
+                self.value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+
+    def __len__(self):
+        return len(self.items)
+
+    def batch(self, indices):
+        if isinstance(indices, slice):
+            indices = range(*indices.indices(len(self.items)))
+        return [self._decode(self.items[i]) for i in indices]
+
+    def _decode(self, item):
+        if isinstance(item, (str, os.PathLike)):
+            return _scale(_read_image(item), None)
+        if _is_pil(item):
+            return _scale(_pil_to_array(item), None)
+        if isinstance(item, torch.Tensor):
+            return _scale(_to_nchw(item[None], torch_layout=True)[0], self.pixel_range)
+        return _scale(_to_nchw(np.asarray(item)[None], torch_layout=False)[0], self.pixel_range)
+
+
+def _is_pil(obj):
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, Image.Image)
+
+
+def _pil_to_array(img):
+    if img.mode == "L":
+        return np.asarray(img)[None]
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img).transpose(2, 0, 1)
+
+
+def _read_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Image file {path!r} does not exist; check the path.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _pil_to_array(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(
+            f"Could not decode image file {path!r} ({type(exc).__name__}: {exc}). "
+            "Pass an image PIL can read (PNG, JPEG, TIFF, BMP, ...) or remove it."
+        ) from exc
+
+
+def _to_nchw(array, torch_layout):
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W); no copy."""
+    if array.ndim == 3:
+        return array[:, None]
+    if array.ndim != 4:
+        raise ValueError(
+            f"Image arrays must be (N, H, W) or (N, H, W, C) (torch: (N, C, H, W)); "
+            f"got an array with {array.ndim} dimensions and shape {tuple(array.shape)}."
+        )
+    first, last = array.shape[1], array.shape[-1]
+    if torch_layout:
+        if first in (1, 3, 4):
+            return array
+        if last in (1, 3, 4):
+            return array.permute(0, 3, 1, 2)
+    else:
+        if last in (1, 3, 4):
+            return array.transpose(0, 3, 1, 2)
+        if first in (1, 3, 4):
+            return array
+    raise ValueError(
+        f"Cannot tell the channel axis of images of shape {tuple(array.shape)}: "
+        "channels must be 1 (grey), 3 (RGB) or 4 (RGBA), last for numpy "
+        "(N, H, W, C) and second for torch (N, C, H, W)."
+    )
+
+
+def default_input_shape(n_features):
+    """Shape of one image from a row of ``n_features`` values (documented default)."""
+    side = math.isqrt(n_features)
+    return (side, side) if side * side == n_features else (1, n_features)
+
+
+def _check_input_shape(input_shape, n_features):
+    if input_shape is None:
+        return default_input_shape(n_features)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) not in (2, 3) or any(s <= 0 for s in shape) or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        raise ValueError(
+            f"input_shape must be (H, W) or (H, W, C) with C in {{1, 3, 4}}, got {input_shape!r}."
+        )
+    if math.prod(shape) != n_features:
+        raise ValueError(
+            f"input_shape={shape} holds {math.prod(shape)} values but X has "
+            f"{n_features} columns; pass the shape of one image, e.g. (8, 8) for 64 columns."
+        )
+    return shape
+
+
+def _check_finite(data):
+    bad = (~torch.isfinite(data)).any() if isinstance(data, torch.Tensor) else None
+    if bad is None:
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            bad = True
+    if bad:
+        raise ValueError(
+            "Input images contain NaN or infinity; replace them (e.g. np.nan_to_num) "
+            "before calling the estimator."
+        )
+
+
+def _looks_like_items(seq):
+    first = seq[0]
+    return isinstance(first, (str, os.PathLike, np.ndarray, torch.Tensor)) or _is_pil(first)
+
+
+def _items_source(items, pixel_range):
+    kinds = set()
+    for it in items:
+        if isinstance(it, (str, os.PathLike)):
+            kinds.add("path")
+        elif _is_pil(it):
+            kinds.add("pil")
+        elif isinstance(it, (np.ndarray, torch.Tensor)):
+            if isinstance(it, np.ndarray) and it.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"Image arrays must be numeric, got dtype {it.dtype}."
+                )
+            if it.ndim not in (2, 3):
+                raise ValueError(
+                    f"Each image in a list must be (H, W) or (H, W, C), got shape {tuple(it.shape)}."
+                )
+            _check_finite(it)
+            kinds.add("array")
+        else:
+            raise TypeError(
+                "A list of images must hold file paths, PIL images or arrays; found "
+                f"{type(it).__name__}. For a table of pixel values pass a 2-D numeric array."
+            )
+    return ListSource(list(items), pixel_range)
+
+
+def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=False):
+    """Validate ``X`` and wrap it as an :class:`ImageSource`.
+
+    Numeric 2-D tables go through scikit-learn's ``validate_data`` (so
+    ``n_features_in_`` and ``feature_names_in_`` follow sklearn's rules).
+    """
+    if X is None:
+        raise ValueError("X is None; pass images (arrays, tensors, paths or PIL images).")
+    if pd is not None and isinstance(X, pd.DataFrame):
+        if X.shape[1] == 1 and X.shape[0] and X.dtypes.iloc[0] == object \
+                and _looks_like_items(list(X.iloc[:1, 0])):
+            X = list(X.iloc[:, 0])
+    elif pd is not None and isinstance(X, pd.Series):
+        X = list(X)
+    if isinstance(X, torch.Tensor):
+        if X.ndim == 0 or X.shape[0] == 0:
+            raise ValueError("Found an empty batch of images (0 samples); pass at least one image.")
+        if X.is_complex() or X.dtype == torch.bool:
+            X = X.float()
+        data = _to_nchw(X, torch_layout=True)
+        _check_finite(data)
+        return ArraySource(data, pixel_range)
+    if isinstance(X, np.ndarray) and X.dtype == object and X.ndim == 1 and len(X) and _looks_like_items(X):
+        X = list(X)
+    if isinstance(X, (list, tuple)):
+        if len(X) == 0:
+            raise ValueError("Found an empty list of images (0 samples); pass at least one image.")
+        if _looks_like_items(X):
+            return _items_source(X, pixel_range)
+    if isinstance(X, np.ndarray) and X.ndim >= 3:
+        if X.dtype.kind not in "biuf":
+            raise TypeError(
+                f"Image arrays must be numeric (uint8, uint16 or float), got dtype {X.dtype}."
+            )
+        if X.ndim > 4:
+            raise ValueError(
+                f"Image arrays must have 3 or 4 dimensions ((N, H, W) or (N, H, W, C)); "
+                f"got shape {X.shape}. Reshape or pass a list of images."
+            )
+        check_array(X, allow_nd=True, dtype=None, ensure_all_finite=True, input_name="X")
+        return ArraySource(_to_nchw(X, torch_layout=False), pixel_range)
+    # a numeric table: one image per row
+    X = validate_data(estimator, X, reset=reset, dtype="numeric", ensure_all_finite=True)
+    shape = _check_input_shape(input_shape, X.shape[1])
+    images = X.reshape((X.shape[0],) + shape)
+    return ArraySource(_to_nchw(images, torch_layout=False), pixel_range)
+
+
+def learn_pixel_range(source, pixel_range):
+    """The value range used for non-uint8/uint16 numeric inputs (fitted)."""
+    if pixel_range != "auto":
+        lo, hi = (float(v) for v in pixel_range)
+        return lo, hi
+    if source.value_range is None:
+        return 0.0, 1.0
+    lo, hi = source.value_range
+    if lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    lo = min(lo, 0.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def check_pixel_range(pixel_range):
+    if isinstance(pixel_range, str) and pixel_range == "auto":
+        return
+    ok = (
+        isinstance(pixel_range, (tuple, list))
+        and len(pixel_range) == 2
+        and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in pixel_range)
+        and float(pixel_range[1]) > float(pixel_range[0])
+    )
+    if not ok:
+        raise ValueError(
+            "pixel_range must be 'auto' or a pair (lo, hi) with lo < hi giving the "
+            f"black and white values of float inputs, got {pixel_range!r}."
+        )

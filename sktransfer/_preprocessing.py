@@ -1,0 +1,108 @@
+"""What a backbone expects of its input, and the tensor ops that provide it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input specification of a backbone.
+
+    Parameters
+    ----------
+    image_size : int, default=224
+        Native square input size in pixels.
+    mean, std : tuple of 3 floats, default=ImageNet statistics
+        Per-channel normalisation applied to RGB values in [0, 1].
+    interpolation : {"bilinear", "bicubic", "nearest", "area"}, default="bilinear"
+        Resampling used to resize images (with antialiasing when shrinking).
+
+    Examples
+    --------
+    >>> from sktransfer import Preprocessing
+    >>> Preprocessing(image_size=96, interpolation="bicubic").image_size
+    96
+    """
+
+    image_size: int = 224
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("Preprocessing mean and std need 3 values each (R, G, B).")
+        if any(float(s) <= 0 for s in self.std):
+            raise ValueError(f"Preprocessing std must be positive, got {self.std}.")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"Preprocessing interpolation must be one of {_INTERPOLATIONS}, "
+                f"got {self.interpolation!r}."
+            )
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "image_size", int(self.image_size))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (``None`` values are ignored)."""
+        fields = dict(vars(self))
+        fields.update({k: v for k, v in changes.items() if v is not None})
+        return Preprocessing(**fields)
+
+
+def to_rgb(batch):
+    """(N, C, H, W) with C in {1, 3, 4} -> (N, 3, H, W); alpha is dropped."""
+    channels = batch.shape[1]
+    if channels == 3:
+        return batch
+    if channels == 1:
+        return batch.expand(-1, 3, -1, -1)
+    if channels == 4:
+        return batch[:, :3]
+    raise ValueError(f"Images need 1, 3 or 4 channels, got {channels}.")
+
+
+def resize(batch, size, interpolation):
+    """Resize a float (N, C, H, W) batch to ``size`` x ``size``."""
+    if tuple(batch.shape[-2:]) == (size, size):
+        return batch
+    if interpolation in ("nearest", "area"):
+        return F.interpolate(batch, size=(size, size), mode=interpolation)
+    return F.interpolate(
+        batch, size=(size, size), mode=interpolation, align_corners=False, antialias=True
+    )
+
+
+def normalize(batch, mean, std):
+    mean = torch.as_tensor(mean, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
+    return (batch - mean) / std
+
+
+def prepare_batch(images, spec, device, channels_last=False):
+    """Turn raw images in [0, 1] into the backbone's normalised input.
+
+    ``images`` is a float tensor (N, C, H, W) or a list of (C, H, W) tensors of
+    possibly different sizes. Nothing is modified in place.
+    """
+    if isinstance(images, (list, tuple)):
+        images = torch.cat(
+            [
+                resize(to_rgb(img.unsqueeze(0).to(device, non_blocking=True)), spec.image_size, spec.interpolation)
+                for img in images
+            ]
+        )
+    else:
+        images = resize(to_rgb(images.to(device, non_blocking=True)), spec.image_size, spec.interpolation)
+    images = normalize(images, spec.mean, spec.std)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images

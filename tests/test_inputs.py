@@ -1,0 +1,176 @@
+"""Every input kind gives the same embedding as the reference uint8 NHWC array."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sktransfer import PretrainedFeatureExtractor
+
+
+@pytest.fixture(scope="module")
+def rgb(photos):
+    # four small real photographs, uint8 (N, H, W, 3)
+    return np.stack([Image.fromarray(photos[n]).resize((48, 40)) for n in ("chelsea", "coffee", "rocket", "astronaut")])
+
+
+@pytest.fixture(scope="module")
+def extractor(rgb):
+    return PretrainedFeatureExtractor(image_size=32, batch_size=3).fit(rgb)
+
+
+def close(a, b, tol=1e-4):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_numeric_kinds_agree(extractor, rgb):
+    ref = extractor.transform(rgb)
+    assert np.isfinite(ref).all() and ref.std() > 0
+    float01 = rgb.astype(np.float32) / 255
+    close(extractor.transform(float01), ref)
+    close(extractor.transform(rgb.astype(np.uint16) * 257), ref)
+    close(extractor.transform(torch.from_numpy(rgb).permute(0, 3, 1, 2)), ref)
+    close(extractor.transform(torch.from_numpy(float01).permute(0, 3, 1, 2).contiguous()), ref)
+    close(extractor.transform(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2))), ref)  # unambiguous NCHW
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 7, np.uint8)], axis=3)
+    close(extractor.transform(rgba), ref)  # alpha is dropped
+
+
+def test_grey_kinds_agree(extractor, rgb):
+    grey = rgb[..., 0]
+    ref = extractor.transform(np.repeat(grey[..., None], 3, axis=3))
+    close(extractor.transform(grey), ref)
+    close(extractor.transform(grey[..., None]), ref)
+    close(extractor.transform(torch.from_numpy(grey)), ref)
+    close(extractor.transform(list(grey)), ref)
+    close(extractor.transform([Image.fromarray(g) for g in grey]), ref)
+
+
+def test_files_pil_and_series_agree(extractor, rgb, tmp_path):
+    import pandas as pd
+
+    ref = extractor.transform(rgb)
+    paths = []
+    for i, img in enumerate(rgb):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    close(extractor.transform(paths), ref)
+    close(extractor.transform([Image.fromarray(img) for img in rgb]), ref)
+    close(extractor.transform(pd.Series(paths)), ref)
+    close(extractor.transform(pd.DataFrame({"path": paths})), ref)
+    close(extractor.transform(np.asarray(paths, dtype=object)), ref)
+    # RGBA PNG files decode to the same RGB
+    rgba = Image.fromarray(rgb[0]).convert("RGBA")
+    rgba.save(tmp_path / "rgba.png")
+    close(extractor.transform([str(tmp_path / "rgba.png")]), ref[:1])
+
+
+def test_files_are_decoded_lazily_batch_by_batch(extractor, rgb, tmp_path, monkeypatch):
+    from sktransfer import _inputs
+
+    paths = []
+    for i in range(7):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rgb[i % 4]).save(paths[-1])
+    live, peak = [0], [0]
+    original = _inputs.ListSource.batch
+
+    def counting(self, indices):
+        out = original(self, indices)
+        peak[0] = max(peak[0], len(out))
+        return out
+
+    monkeypatch.setattr(_inputs.ListSource, "batch", counting)
+    extractor.transform(paths)
+    assert peak[0] == extractor.batch_size == 3
+
+
+def test_mixed_sizes_equal_one_by_one(extractor, photos):
+    images = [photos["chelsea"], photos["coffee"][:200, :300], photos["rocket"][..., 0]]
+    together = extractor.transform(images)
+    for i, img in enumerate(images):
+        close(extractor.transform([img]), together[i : i + 1])
+
+
+def test_tables_with_input_shape(digits):
+    images, table, _ = digits
+    ext = PretrainedFeatureExtractor(image_size=32).fit(images[:20])
+    ref = ext.transform(images[:20])
+    close(PretrainedFeatureExtractor(image_size=32).fit(table[:20]).transform(table[:20]), ref)
+    close(PretrainedFeatureExtractor(image_size=32, input_shape=(8, 8)).fit(table[:20]).transform(table[:20]), ref)
+    close(
+        PretrainedFeatureExtractor(image_size=32, input_shape=(8, 8, 1)).fit(table[:20]).transform(table[:20]),
+        ref,
+    )
+    with pytest.raises(ValueError, match=r"input_shape=\(7, 7\) holds 49 values but X has 64"):
+        PretrainedFeatureExtractor(input_shape=(7, 7)).fit(table[:5])
+
+
+def test_default_shape_of_non_square_tables(rng):
+    from sktransfer._inputs import default_input_shape
+
+    assert default_input_shape(64) == (8, 8)
+    assert default_input_shape(10) == (1, 10)
+    X = rng.normal(size=(6, 10))
+    Z = PretrainedFeatureExtractor(image_size=32).fit(X).transform(X)
+    assert Z.shape[0] == 6 and np.isfinite(Z).all()
+
+
+def test_pixel_range_auto_learns_float_range(digits):
+    images, table, _ = digits
+    ext = PretrainedFeatureExtractor(image_size=32).fit(table[:30])
+    assert ext.pixel_range_ == (0.0, 16.0)
+    close(ext.transform(table[:30]), PretrainedFeatureExtractor(image_size=32).fit(table[:30] / 16).transform(table[:30] / 16))
+    fixed = PretrainedFeatureExtractor(image_size=32, pixel_range=(0, 32)).fit(table[:5])
+    assert fixed.pixel_range_ == (0.0, 32.0)
+    close(fixed.transform(table[:5]), ext.transform(table[:5] / 2))
+    with pytest.raises(ValueError, match="pixel_range"):
+        PretrainedFeatureExtractor(pixel_range=(1, 0)).fit(table[:5])
+
+
+def test_caller_arrays_are_not_modified(rgb, digits):
+    _, table, _ = digits
+    inputs = [rgb.copy(), rgb.astype(np.float32) / 255, table[:10].copy(), torch.from_numpy(rgb.astype(np.float32))]
+    for X in inputs:
+        before = X.clone() if isinstance(X, torch.Tensor) else X.copy()
+        PretrainedFeatureExtractor(image_size=32).fit(X).transform(X)
+        if isinstance(X, torch.Tensor):
+            assert torch.equal(X, before)
+        else:
+            np.testing.assert_array_equal(X, before)
+
+
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        (np.zeros((0, 8, 8)), ValueError, "0 sample"),
+        ([], ValueError, "empty"),
+        (np.zeros(5), ValueError, "Expected 2D array"),
+        (np.zeros((2, 3, 8, 8, 3)), ValueError, "3 or 4 dimensions"),
+        (np.full((2, 8, 8), np.nan), ValueError, "NaN|infinity"),
+        (np.array([[0.0, np.inf]]), ValueError, "infinity"),
+        (np.zeros((2, 8, 8, 5)), ValueError, "channel axis"),
+        (np.array([["a", "b"]]), ValueError, "strings|numeric"),
+        ([object(), object()], TypeError, "file paths, PIL images or arrays"),
+        (["/no/such/file.png"], FileNotFoundError, "/no/such/file.png"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(X, error, match):
+    ext = PretrainedFeatureExtractor(image_size=32).fit(np.zeros((1, 8, 8)))
+    with pytest.raises(error, match=match):
+        ext.transform(X)
+
+
+def test_corrupt_file_names_the_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    ext = PretrainedFeatureExtractor(image_size=32).fit(np.zeros((1, 8, 8)))
+    with pytest.raises(ValueError, match="broken.jpg"):
+        ext.transform([str(bad)])
+
+
+def test_wrong_number_of_columns_at_transform(digits):
+    _, table, _ = digits
+    ext = PretrainedFeatureExtractor(image_size=32).fit(table[:5])
+    with pytest.raises(ValueError, match="64 features"):
+        ext.transform(table[:5, :60])
