@@ -1,7 +1,11 @@
 """sktransfer: transfer learning as scikit-learn estimators, on PyTorch."""
 
+from ._augment import RandomAffine
 from ._backbones import Backbone, load_backbone
 from ._extractor import PretrainedFeatureExtractor
+from ._finetune import FineTuneClassifier
+from ._history import TrainingHistoryDisplay
+from ._network import TransferNet
 from ._preprocessing import Preprocessing
 from ._weights import WeightsNotFoundError
 
@@ -9,8 +13,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backbone",
+    "FineTuneClassifier",
     "PretrainedFeatureExtractor",
     "Preprocessing",
+    "RandomAffine",
+    "TrainingHistoryDisplay",
+    "TransferNet",
     "WeightsNotFoundError",
     "load_backbone",
     "__version__",

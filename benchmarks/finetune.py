@@ -1,0 +1,149 @@
+"""Fine-tuning: accuracy against linear baselines, and time/accuracy side by side with skorch.
+
+Part A (accuracy, defaults + random_state): load_digits (70/30 stratified split, image_size=64)
+and a second real image set (crops of scikit-image photographs, labelled by photograph).
+Part B (vs skorch): the same EfficientNet-Lite0 backbone, data, epochs, batch size, optimizer
+and learning rate, with a frozen backbone and with full fine-tuning. Usage::
+
+    python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-skorch]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from _common import machine
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, load_backbone
+from sktransfer._preprocessing import prepare_batch
+
+
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
+
+
+def photo_crops(per_class=60, size=48, seed=0):
+    """Random crops of 8 scikit-image photographs; the label is the photograph."""
+    from skimage import data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "coins"]
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for label, name in enumerate(names):
+        img = getattr(data, name)()
+        if img.ndim == 2:
+            img = np.stack([img] * 3, -1)
+        img = img[..., :3]
+        for _ in range(per_class):
+            r = rng.integers(0, img.shape[0] - size)
+            c = rng.integers(0, img.shape[1] - size)
+            X.append(img[r:r + size, c:c + size])
+            y.append(label)
+    return train_test_split(np.stack(X), np.array(y), test_size=0.3, stratify=y, random_state=0)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def accuracy_table(name, split, image_size):
+    Xtr, Xte, ytr, yte = split
+    rows = []
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    (_, t) = timed(lambda: raw.fit(flat(Xtr), ytr))
+    rows.append(("LogisticRegression on raw pixels", raw.score(flat(Xte), yte), t))
+    emb = make_pipeline(PretrainedFeatureExtractor(image_size=image_size), StandardScaler(),
+                        LogisticRegression(max_iter=5000))
+    (_, t) = timed(lambda: emb.fit(Xtr, ytr))
+    rows.append(("LogisticRegression on frozen embeddings (layer=None)", emb.score(Xte, yte), t))
+    ft = FineTuneClassifier(image_size=image_size, random_state=0)
+    (_, t) = timed(lambda: ft.fit(Xtr, ytr))
+    rows.append(("FineTuneClassifier (defaults)", ft.score(Xte, yte), t))
+    print(f"\n{name}: {len(Xtr)} train / {len(Xte)} test images, image_size={image_size}\n")
+    print("| model | test accuracy | fit seconds |")
+    print("|---|---:|---:|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
+
+
+class LiteNet(torch.nn.Module):
+    """Lite0 backbone + average pooling + linear head: the network both libraries train."""
+
+    def __init__(self, n_classes):
+        super().__init__()
+        self.backbone = load_backbone("efficientnet_lite0").model
+        self.head = torch.nn.Linear(1280, n_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone.forward_features(x).mean((2, 3)))
+
+
+def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64):
+    from skorch import NeuralNetClassifier
+    from skorch.callbacks import Freezer
+
+    Xtr, Xte, ytr, yte = digits()
+    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=image_size)
+
+    def ready(X):  # skorch needs ready tensors: the same preprocessing sktransfer applies
+        x = torch.tensor(X.reshape(-1, 1, 8, 8) / 16.0, dtype=torch.float32)
+        return prepare_batch(x, spec, torch.device("cpu")).numpy()
+
+    rows = []
+    for mode in ("frozen backbone (head only)", "full fine-tuning"):
+        frozen = mode.startswith("frozen")
+        torch.manual_seed(0)
+        callbacks = [Freezer(lambda name: name.startswith("backbone."))] if frozen else []
+        net = NeuralNetClassifier(
+            LiteNet, module__n_classes=10, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.AdamW,
+            lr=lr, max_epochs=epochs, batch_size=batch_size, train_split=None, callbacks=callbacks,
+            iterator_train__shuffle=True, verbose=0,
+        )
+
+        def skorch_fit():
+            net.fit(ready(Xtr), ytr.astype(np.int64))  # preparing the tensors is part of its fit time
+
+        (_, t) = timed(skorch_fit)
+        acc = float((net.predict(ready(Xte)) == yte).mean())
+        rows.append((f"skorch NeuralNetClassifier, {mode}", acc, t))
+        ours = FineTuneClassifier(
+            freeze_depth="all" if frozen else 0, max_epochs=epochs, batch_size=batch_size, lr=lr,
+            backbone_lr_scale=1.0, lr_schedule="constant", augment=False, dropout=0.0, weight_decay=0.01,
+            image_size=image_size, random_state=0,
+        )
+        (_, t) = timed(lambda: ours.fit(Xtr, ytr))
+        rows.append((f"sktransfer FineTuneClassifier, {mode}", ours.score(Xte, yte), t))
+    print(f"\nSide by side with skorch: digits 70/30, image_size={image_size}, {epochs} epochs, batch {batch_size}, "
+          f"AdamW lr={lr} (weight decay 0.01 = AdamW default), constant lr, no augmentation\n")
+    print("| run | test accuracy | fit seconds |")
+    print("|---|---:|---:|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-skorch", action="store_true")
+    args = parser.parse_args()
+    print(f"Machine: {machine()}")
+    if not args.skip_accuracy:
+        accuracy_table("load_digits", digits(), 64)
+        accuracy_table("scikit-image photograph crops (8 classes)", photo_crops(), 64)
+    if not args.skip_skorch:
+        skorch_side_by_side(args.epochs)
+
+
+if __name__ == "__main__":
+    main()

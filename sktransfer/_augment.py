@@ -1,0 +1,81 @@
+"""Batch augmentation on the device: one random affine warp per image."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class RandomAffine:
+    """Random resized crop + horizontal flip + small shear, as one affine warp.
+
+    Parameters
+    ----------
+    scale : (float, float)
+        Range of the area kept (random resized crop zoom).
+    ratio : (float, float)
+        Range of aspect-ratio changes.
+    shear_degrees : float
+        Maximum shear angle.
+    flip : bool
+        Random horizontal flips with probability 0.5.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sktransfer import RandomAffine
+    >>> RandomAffine(flip=False)(torch.zeros(2, 3, 16, 16)).shape
+    torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(self, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3), shear_degrees=8.0, flip=True):
+        self.scale = scale
+        self.ratio = ratio
+        self.shear_degrees = shear_degrees
+        self.flip = flip
+
+    def __call__(self, images, generator=None):
+        n = images.shape[0]
+
+        def uniform(lo, hi):
+            return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+        area = uniform(*self.scale)
+        log_ratio = uniform(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = torch.exp(log_ratio)
+        sx = torch.sqrt(area * aspect).clamp(max=1.0)
+        sy = torch.sqrt(area / aspect).clamp(max=1.0)
+        tx = (1 - sx) * uniform(-1.0, 1.0)
+        ty = (1 - sy) * uniform(-1.0, 1.0)
+        shear = torch.tan(torch.deg2rad(uniform(-self.shear_degrees, self.shear_degrees)))
+        if self.flip:
+            sx = torch.where(torch.rand(n, generator=generator) < 0.5, -sx, sx)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = sx
+        theta[:, 0, 1] = shear * sy
+        theta[:, 0, 2] = tx
+        theta[:, 1, 1] = sy
+        theta[:, 1, 2] = ty
+        theta = theta.to(images.device, images.dtype)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def __repr__(self):
+        return (f"RandomAffine(scale={self.scale}, ratio={self.ratio}, "
+                f"shear_degrees={self.shear_degrees}, flip={self.flip})")
+
+
+def resolve_augment(augment):
+    """``augment`` parameter -> callable(images, generator) or None."""
+    if augment is True or (isinstance(augment, str) and augment == "default"):
+        return RandomAffine()
+    if augment is False or augment is None:
+        return None
+    if callable(augment):
+        return augment
+    raise ValueError(
+        "augment must be 'default', True, False/None, or a callable "
+        f"f(images) -> images on normalised (N, 3, H, W) batches; got {augment!r}."
+    )

@@ -1,0 +1,59 @@
+"""Training batches: images prepared once when they fit in memory, else per batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._preprocessing import prepare_batch
+
+PREPARED_CACHE_BYTES = 2 * 2**30
+
+
+class PreparedImages:
+    """Normalised backbone inputs for an :class:`ImageSource`.
+
+    When all images, resized, fit in ``PREPARED_CACHE_BYTES`` they are prepared
+    once (CPU, float32) and epochs only index them; otherwise each batch is
+    decoded and resized when asked for.
+    """
+
+    def __init__(self, source, spec, device, channels_last):
+        self.source = source
+        self.spec = spec
+        self.device = device
+        self.channels_last = channels_last
+        size = spec.image_size
+        self.cache = None
+        if len(source) * 3 * size * size * 4 <= PREPARED_CACHE_BYTES:
+            cpu = torch.device("cpu")
+            parts = [
+                prepare_batch(source.batch(slice(i, i + 256)), spec, cpu)
+                for i in range(0, len(source), 256)
+            ]
+            self.cache = torch.cat(parts)
+
+    def __len__(self):
+        return len(self.source)
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        if self.cache is not None:
+            x = self.cache[torch.from_numpy(indices)].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return x
+        return prepare_batch(self.source.batch(indices), self.spec, self.device, self.channels_last)
+
+
+def batch_indices(n, batch_size, rng=None):
+    """Index batches of one epoch; the last batch never holds a single sample.
+
+    A last batch of one sample is merged into the previous one (BatchNorm
+    cannot normalise one value per channel in training mode).
+    """
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,67 @@
+"""Freezing backbone stages: no gradient, and BatchNorm statistics kept in eval mode."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+from torch import nn
+
+
+def check_freeze_depth(freeze_depth, n_stages):
+    """``freeze_depth`` -> number of frozen stages (``"all"`` -> ``n_stages``)."""
+    if isinstance(freeze_depth, str) and freeze_depth == "all":
+        return n_stages
+    if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, Integral) or not 0 <= freeze_depth <= n_stages:
+        raise ValueError(
+            f"freeze_depth must be an int in [0, {n_stages}] (the number of backbone stages "
+            f"frozen from the input; this backbone has {n_stages}) or 'all', got {freeze_depth!r}."
+        )
+    return int(freeze_depth)
+
+
+def freeze(net, n_frozen):
+    """Freeze the first ``n_frozen`` stages of ``net.backbone``; unfreeze the rest.
+
+    Returns the names (in ``net.backbone.model``) of the frozen parameters.
+    """
+    backbone = net.backbone
+    frozen = {p for _, params in backbone.stages[:n_frozen] for p in params}
+    for name, param in backbone.model.named_parameters():
+        param.requires_grad_(name not in frozen)
+    # the pretrained classifier of the backbone is not used: never train it
+    for name in backbone.head_parameter_names():
+        backbone.model.get_parameter(name).requires_grad_(False)
+    if n_frozen >= len(backbone.stages):
+        for name in backbone.head_parameter_names():
+            frozen.add(name)
+    net.frozen_parameters_ = frozen
+    return frozen
+
+
+def _frozen_modules(net):
+    frozen = getattr(net, "frozen_parameters_", set())
+    if not frozen:
+        return []
+    prefixes = {name.rsplit(".", 1)[0] for name in frozen}
+    modules = []
+    for name, module in net.backbone.model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and name in prefixes:
+            modules.append(module)
+        elif isinstance(module, nn.modules.batchnorm._NormBase) and not any(
+            True for _ in module.parameters(recurse=False)
+        ):
+            # affine-free norm layers: frozen when the preceding stage params are
+            if any(p.startswith(name.rsplit(".", 1)[0] + ".") for p in frozen):
+                modules.append(module)
+    return modules
+
+
+def train_mode(net):
+    """``net.train()`` but frozen BatchNorm layers (and a fully frozen backbone) stay in eval mode."""
+    net.train()
+    backbone = net.backbone
+    if all(not p.requires_grad for p in backbone.parameters()):
+        backbone.eval()
+        return
+    for module in _frozen_modules(net):
+        module.eval()

@@ -1,0 +1,369 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, TrainingHistoryDisplay, load_backbone
+
+FAST = dict(image_size=32, batch_size=16, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data(digits):
+    images, table, target = digits
+    return table[:96], target[:96]
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return load_backbone("efficientnet_lite0").model.state_dict()
+
+
+def backbone_state(clf):
+    return clf.net_.backbone.model.state_dict()
+
+
+def changed(clf, pretrained, names):
+    state = backbone_state(clf)
+    return {n for n in names if not torch.equal(state[n].cpu(), pretrained[n])}
+
+
+def test_freeze_depth_keeps_stages_and_batchnorm_frozen(data, pretrained):
+    X, y = data
+    clf = FineTuneClassifier(freeze_depth=3, max_epochs=1, **FAST).fit(X, y)
+    stages = clf.net_.backbone.stages
+    frozen = [p for _, ps in stages[:3] for p in ps]
+    trained = [p for _, ps in stages[3:] for p in ps]
+    assert clf.n_frozen_stages_ == 3
+    assert not changed(clf, pretrained, frozen)
+    assert changed(clf, pretrained, trained) == set(trained)
+    # BatchNorm statistics of frozen stages were not updated either
+    stats = [k for k in pretrained if k.startswith(("bn1.", "blocks.0.", "blocks.1.")) and "running" in k]
+    assert stats and not changed(clf, pretrained, stats)
+    moving = [k for k in pretrained if k.startswith("blocks.5.") and "running_mean" in k]
+    assert changed(clf, pretrained, moving)
+
+
+def test_freeze_all_is_a_linear_probe(data, pretrained):
+    X, y = data
+    clf = FineTuneClassifier(freeze_depth="all", max_epochs=1, **FAST).fit(X, y)
+    assert not changed(clf, pretrained, list(pretrained))
+    assert clf.n_frozen_stages_ == len(clf.net_.backbone.stages) == 8
+
+
+@pytest.mark.parametrize("depth", [-1, 9, 2.5, "some"])
+def test_freeze_depth_out_of_range(data, depth):
+    X, y = data
+    with pytest.raises(ValueError, match=r"freeze_depth must be an int in \[0, 8\]"):
+        FineTuneClassifier(freeze_depth=depth, **FAST).fit(X, y)
+
+
+def distance(clf, reference):
+    state = backbone_state(clf)
+    return sum(float((state[k].float().cpu() - reference[k].float()).pow(2).sum())
+               for k, _ in clf.net_.backbone.model.named_parameters())
+
+
+def test_reg_lambda_pulls_toward_pretrained_weights(data, pretrained):
+    X, y = data
+    kw = dict(max_epochs=2, lr=3e-3, backbone_lr_scale=1.0, augment=False, **FAST)
+    free = FineTuneClassifier(reg_lambda=0.0, **kw).fit(X, y)
+    pulled = FineTuneClassifier(reg_lambda=10.0, **kw).fit(X, y)
+    assert distance(pulled, pretrained) < 0.5 * distance(free, pretrained)
+    assert pulled.history_[0]["penalty"] > 0 and free.history_[0]["penalty"] == 0
+    zeros = {k: torch.zeros_like(v) for k, v in pretrained.items()}
+    decayed = FineTuneClassifier(reg_lambda=10.0, regularization="l2", **kw).fit(X, y)
+    assert distance(decayed, zeros) < distance(free, zeros)
+
+
+def test_penalty_value_is_lambda_half_squared_distance(pretrained):
+    from sktransfer import TransferNet
+    from sktransfer._freezing import freeze
+    from sktransfer._regularization import WeightPenalty
+
+    backbone = load_backbone("efficientnet_lite0")
+    net = TransferNet(backbone, 1280, 3)
+    freeze(net, 6)
+    with torch.no_grad():
+        for p in net.backbone.model.parameters():
+            p.add_(0.01)
+    trainable = [p for n, p in net.backbone.model.named_parameters() if p.requires_grad]
+    expected = 0.5 * 2.0 * sum(float(p.numel()) * 1e-4 for p in trainable)
+    penalty = WeightPenalty(net, 2.0, "l2sp", pretrained)
+    assert penalty.value() == pytest.approx(expected, rel=1e-3)
+    assert len(penalty.params) == len(trainable) < len(list(net.backbone.model.parameters()))
+
+
+def test_optimizer_applies_no_decay_to_regularised_backbone(data):
+    from sktransfer._training import make_optimizer
+    from sktransfer import TransferNet
+
+    net = TransferNet(load_backbone("efficientnet_lite0", weights=None), 1280, 3)
+    opt = make_optimizer(net, "adamw", 1e-3, 0.05, backbone_lr_scale=0.1, layer_decay=0.5)
+    head, *stages = opt.param_groups
+    assert head["weight_decay"] == 0.05 and head["lr"] == 1e-3
+    assert all(g["weight_decay"] == 0.0 for g in stages)
+    assert stages[-1]["lr"] == pytest.approx(1e-4) and stages[-2]["lr"] == pytest.approx(5e-5)
+
+
+def test_fusion_alpha(data, pretrained):
+    X, y = data
+    kw = dict(max_epochs=1, **FAST)
+    full = FineTuneClassifier(fusion_alpha=1.0, **kw).fit(X, y)
+    none = FineTuneClassifier(fusion_alpha=0.0, **kw).fit(X, y)
+    half = FineTuneClassifier(fusion_alpha=0.5, **kw).fit(X, y)
+    for name, value in backbone_state(none).items():
+        assert torch.equal(value.cpu(), pretrained[name]), name
+    for name, value in backbone_state(half).items():
+        if value.is_floating_point():
+            expected = 0.5 * backbone_state(full)[name] + 0.5 * pretrained[name]
+            torch.testing.assert_close(value, expected)
+    # the head stays the fine-tuned one
+    torch.testing.assert_close(half.net_.head.weight, full.net_.head.weight)
+
+
+def test_early_stopping_restores_the_best_epoch(data, monkeypatch):
+    import sktransfer._finetune as mod
+
+    X, y = data
+    snapshots = []
+    original = mod.evaluate
+
+    def recording(net, *args, **kwargs):
+        result = original(net, *args, **kwargs)
+        snapshots.append(({k: v.clone() for k, v in net.state_dict().items()}, result[0]))
+        return result
+
+    monkeypatch.setattr(mod, "evaluate", recording)
+    # a learning rate that makes training diverge after a good start
+    clf = FineTuneClassifier(
+        early_stopping=True, validation_fraction=0.25, n_iter_no_change=2, max_epochs=8,
+        lr=0.5, backbone_lr_scale=0.2, lr_schedule="constant", **FAST,
+    ).fit(X, y)
+    losses = [h["valid_loss"] for h in clf.history_]
+    assert clf.best_epoch_ == int(np.argmin(losses))
+    assert clf.n_epochs_ == len(losses) <= 8
+    if clf.n_epochs_ < 8:
+        assert clf.n_epochs_ - 1 - clf.best_epoch_ == 2
+    best_state = snapshots[clf.best_epoch_][0]
+    for k, v in clf.net_.state_dict().items():
+        assert torch.equal(v, best_state[k])
+    assert clf.best_epoch_ != clf.n_epochs_ - 1 or clf.n_epochs_ == 8
+
+
+def test_same_random_state_same_predictions(data):
+    X, y = data
+    a = FineTuneClassifier(max_epochs=2, **FAST).fit(X, y).predict_proba(X[:20])
+    b = FineTuneClassifier(max_epochs=2, **FAST).fit(X, y).predict_proba(X[:20])
+    np.testing.assert_array_equal(a, b)
+    c = FineTuneClassifier(max_epochs=2, **dict(FAST, random_state=1)).fit(X, y).predict_proba(X[:20])
+    assert not np.array_equal(a, c)
+
+
+def test_string_labels_and_prediction_methods(data):
+    X, y = data
+    labels = np.array(["even", "odd"])[y % 2]
+    clf = FineTuneClassifier(max_epochs=1, **FAST).fit(X, labels)
+    np.testing.assert_array_equal(clf.classes_, ["even", "odd"])
+    proba = clf.predict_proba(X[:10])
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X[:10])), proba, rtol=1e-6)
+    decision = clf.decision_function(X[:10])
+    assert decision.shape == (10,)
+    np.testing.assert_array_equal(clf.predict(X[:10]), clf.classes_[(decision > 0).astype(int)])
+    assert set(clf.predict(X[:10])) <= {"even", "odd"}
+    assert 0 <= clf.score(X, labels) <= 1
+
+
+def test_class_weight_and_sample_weight(data):
+    X, y = data
+    kw = dict(max_epochs=2, **FAST)
+    base = FineTuneClassifier(**kw).fit(X, y).predict_proba(X)[:, 3].mean()
+    no3 = FineTuneClassifier(class_weight={c: (0.0 if c == 3 else 1.0) for c in range(10)}, **kw).fit(X, y)
+    assert no3.predict_proba(X)[:, 3].mean() < base
+    w = np.where(y == 3, 0.0, 1.0)
+    by_weight = FineTuneClassifier(**kw).fit(X, y, sample_weight=w).predict_proba(X)
+    np.testing.assert_allclose(by_weight, no3.predict_proba(X), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="sample_weight"):
+        FineTuneClassifier(**kw).fit(X, y, sample_weight=w[:5])
+
+
+def test_partial_fit_and_warm_start(data):
+    X, y = data
+    clf = FineTuneClassifier(**FAST)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[:48], y[:48], classes=np.arange(10))
+    head = clf.net_.head.weight.detach().clone()
+    clf.partial_fit(X[48:], y[48:])
+    assert len(clf.history_) == clf.n_epochs_ == 2
+    assert not torch.equal(head, clf.net_.head.weight)
+    warm = FineTuneClassifier(max_epochs=1, warm_start=True, **FAST).fit(X, y)
+    net = warm.net_
+    head = net.head.weight.detach().clone()
+    warm.fit(X, y)
+    assert warm.net_ is net and warm.n_epochs_ == 2
+    assert not torch.equal(head, warm.net_.head.weight)
+    with pytest.raises(ValueError, match="not seen in the first fit"):
+        warm.fit(X, y + 100)
+
+
+def test_augment_is_used_in_training_only(data):
+    X, y = data
+    calls = []
+
+    def augment(batch):
+        calls.append(batch.shape[0])
+        return batch.flip(-1)
+
+    clf = FineTuneClassifier(max_epochs=1, augment=augment, **FAST).fit(X, y)
+    assert sum(calls) == len(X)
+    clf.predict(X)
+    assert sum(calls) == len(X)
+    with pytest.raises(ValueError, match="augment must be"):
+        FineTuneClassifier(augment="lots").fit(X, y)
+
+
+def test_default_augmentation_changes_images_but_keeps_shape():
+    from sktransfer import RandomAffine
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    out = RandomAffine()(x)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    identity = RandomAffine(scale=(1, 1), ratio=(1, 1), shear_degrees=0, flip=False)(x)
+    torch.testing.assert_close(identity, x, atol=1e-5, rtol=1e-5)
+
+
+def test_last_batch_of_one_sample(data):
+    X, y = data
+    # 33 samples, batches of 16: 16 + 17, never a batch of 1 (1x1 maps at 32 px would break BatchNorm)
+    clf = FineTuneClassifier(max_epochs=1, image_size=32, batch_size=16, random_state=0).fit(X[:33], y[:33])
+    assert np.isfinite(clf.history_[0]["train_loss"])
+    from sktransfer._data import batch_indices
+
+    assert [len(b) for b in batch_indices(33, 16)] == [16, 17]
+    assert [len(b) for b in batch_indices(32, 16)] == [16, 16]
+
+
+def test_source_to_target_transfer(data):
+    X, y = data
+    source = FineTuneClassifier(max_epochs=1, **FAST).fit(X, y % 2)
+    exported = source.export_backbone()
+    ext = PretrainedFeatureExtractor(backbone=exported, image_size=32).fit(X)
+    with torch.inference_mode():
+        source.net_.eval()
+        x = torch.stack([torch.zeros(3, 32, 32)])
+        expected = source.net_.features(x).numpy()
+    from sktransfer._extraction import forward_layers
+
+    with torch.inference_mode():
+        got = forward_layers(ext.backbone_, x, ext.layers_, "avg").numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    target = FineTuneClassifier(backbone=source, max_epochs=1, freeze_depth="all", **FAST).fit(X, y)
+    for k, v in target.net_.backbone.model.state_dict().items():
+        assert torch.equal(v, source.net_.backbone.model.state_dict()[k])
+
+
+def test_training_from_scratch(data, pretrained):
+    X, y = data
+    clf = FineTuneClassifier(weights=None, max_epochs=1, **FAST).fit(X, y)
+    state = backbone_state(clf)
+    assert not torch.allclose(state["conv_stem.weight"], pretrained["conv_stem.weight"])
+
+
+def test_pickle_round_trip_keeps_predictions_and_drops_training_state(data):
+    X, y = data
+    clf = FineTuneClassifier(max_epochs=1, reg_lambda=0.1, **FAST).fit(X, y)
+    blob = pickle.dumps(clf)
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    assert not hasattr(again, "_pretrained")
+    n_weights = sum(v.numel() for v in clf.net_.state_dict().values()) * 4
+    assert len(blob) < 1.3 * n_weights  # weights once, no optimizer state or anchor copy
+
+
+def test_history_display(data):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    X, y = data
+    clf = FineTuneClassifier(max_epochs=2, early_stopping=True, validation_fraction=0.25, **FAST).fit(X, y)
+    display = TrainingHistoryDisplay.from_estimator(clf)
+    np.testing.assert_allclose(display.ax_[0].lines[0].get_ydata(), [h["train_loss"] for h in clf.history_])
+    np.testing.assert_allclose(display.ax_[1].lines[0].get_ydata(), [h["valid_score"] for h in clf.history_])
+    assert set(clf.history_[0]) >= {"train_loss", "valid_loss", "valid_score", "lr", "seconds"}
+
+
+def test_linear_probe_then_fine_tune(data, pretrained, monkeypatch):
+    import sktransfer._finetune as mod
+
+    X, y = data
+    seen = []
+    original = mod.run_epoch
+
+    def spy(net, *args, **kwargs):
+        seen.append(sum(p.requires_grad for p in net.backbone.parameters()))
+        return original(net, *args, **kwargs)
+
+    monkeypatch.setattr(mod, "run_epoch", spy)
+    clf = FineTuneClassifier(linear_probe_epochs=1, max_epochs=1, **FAST).fit(X, y)
+    assert [h["phase"] for h in clf.history_] == ["linear_probe", "fine_tune"]
+    assert seen[0] == 0 and seen[1] > 0
+
+
+def test_keyboard_interrupt_keeps_a_usable_estimator(data, monkeypatch):
+    import sktransfer._finetune as mod
+
+    X, y = data
+    original = mod.run_epoch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "run_epoch", interrupted)
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        clf = FineTuneClassifier(max_epochs=5, **FAST).fit(X, y)
+    assert clf.n_epochs_ == 1
+    assert clf.predict(X[:5]).shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"reg_lambda": -1.0}, "reg_lambda must be a float >= 0"),
+        ({"regularization": "l1"}, "regularization must be one of"),
+        ({"fusion_alpha": 1.5}, r"fusion_alpha must be a number in \[0, 1\]"),
+        ({"max_epochs": 0}, "max_epochs must be a positive integer"),
+        ({"lr": 0}, "lr must be a number"),
+        ({"optimizer": "lion"}, "optimizer must be one of"),
+        ({"lr_schedule": "wavy"}, "lr_schedule must be one of"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+    ],
+)
+def test_bad_parameters(data, params, match):
+    X, y = data
+    with pytest.raises(ValueError, match=match):
+        FineTuneClassifier(**params).fit(X, y)
+
+
+def test_bad_targets(data):
+    X, y = data
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        FineTuneClassifier(**FAST).fit(X, np.zeros(len(X)))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        FineTuneClassifier(**FAST).fit(X, np.linspace(0, 1, len(X)))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        FineTuneClassifier(**FAST).fit(X, y[:10])
+
+
+def test_verbose_progress(data, capsys):
+    X, y = data
+    FineTuneClassifier(max_epochs=1, verbose=1, **FAST).fit(X, y)
+    assert "epoch 1" in capsys.readouterr().err
