@@ -19,7 +19,7 @@ class RandomAffine:
         Range of aspect-ratio changes.
     shear_degrees : float
         Maximum shear angle.
-    flip : bool
+    flip : bool, default=False
         Random horizontal flips with probability 0.5.
 
     Examples
@@ -30,7 +30,7 @@ class RandomAffine:
     torch.Size([2, 3, 16, 16])
     """
 
-    def __init__(self, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3), shear_degrees=8.0, flip=True):
+    def __init__(self, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3), shear_degrees=8.0, flip=False):
         self.scale = scale
         self.ratio = ratio
         self.shear_degrees = shear_degrees
@@ -71,11 +71,13 @@ def resolve_augment(augment):
     """``augment`` parameter -> callable(images, generator) or None."""
     if augment is True or (isinstance(augment, str) and augment == "default"):
         return RandomAffine()
+    if isinstance(augment, str) and augment == "flip":
+        return RandomAffine(flip=True)
     if augment is False or augment is None:
         return None
     if callable(augment):
         return augment
     raise ValueError(
-        "augment must be 'default', True, False/None, or a callable "
+        "augment must be 'default', 'flip', True, False/None, or a callable "
         f"f(images) -> images on normalised (N, 3, H, W) batches; got {augment!r}."
     )

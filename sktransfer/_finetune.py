@@ -79,14 +79,16 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     max_epochs : int, default=10
         Fine-tuning epochs (after any linear-probe epochs).
     batch_size : int, default=32
-    lr : float, default=1e-3
-        Peak learning rate of the new head.
+    lr : float, default=2e-3
+        Peak learning rate of the new head (and, times ``backbone_lr_scale``,
+        of the backbone).
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
     lr_schedule : {"cosine", "constant", "linear", "onecycle"} or callable, default="cosine"
         Per-step schedule (cosine and linear start with a 10 % linear
         warm-up). A callable ``f(optimizer) -> scheduler`` is stepped per batch.
-    backbone_lr_scale : float, default=0.1
-        Backbone learning rate relative to ``lr``.
+    backbone_lr_scale : float, default=1.0
+        Backbone learning rate relative to ``lr`` (e.g. 0.1 for a gentler update
+        of the pretrained weights).
     layer_decay : float or None, default=None
         Layer-wise learning-rate decay: stage ``i`` of ``n`` gets an extra
         factor ``layer_decay ** (n - 1 - i)``.
@@ -97,11 +99,15 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         Dropout before the new head.
     pooling : str or None, default="avg"
         Pooling of the last feature map (see :class:`PretrainedFeatureExtractor`).
-    augment : "default", bool or callable, default="default"
-        Training-batch augmentation: ``"default"`` is :class:`RandomAffine`
-        (random resized crop, horizontal flip, small shear), ``False`` none, or
-        a callable on normalised (N, 3, H, W) batches. Never applied when
-        predicting.
+    augment : "default", "flip", bool or callable, default="default"
+        Training-batch augmentation. ``"default"`` (or ``True``) is
+        :class:`RandomAffine` without flips: random resized crop (70-100 % of
+        the area, aspect 3/4-4/3) and a small shear (up to 8 degrees).
+        ``"flip"`` adds random horizontal flips, right for photographs but
+        not for digits, text or anything whose mirror image means something
+        else (hence not on by default). ``False`` turns augmentation off; a
+        callable ``f(batch) -> batch`` receives normalised (N, 3, H, W)
+        training batches. Never applied when predicting.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` (stratified), stop after
         ``n_iter_no_change`` epochs without a lower validation loss, and
@@ -170,10 +176,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         regularization="l2sp",
         max_epochs=10,
         batch_size=32,
-        lr=1e-3,
+        lr=2e-3,
         optimizer="adamw",
         lr_schedule="cosine",
-        backbone_lr_scale=0.1,
+        backbone_lr_scale=1.0,
         layer_decay=None,
         weight_decay=1e-4,
         label_smoothing=0.0,

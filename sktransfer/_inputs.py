@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from numbers import Number
 
 import numpy as np
 import torch
@@ -254,8 +255,7 @@ def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=F
     if X is None:
         raise ValueError("X is None; pass images (arrays, tensors, paths or PIL images).")
     if pd is not None and isinstance(X, pd.DataFrame):
-        if X.shape[1] == 1 and X.shape[0] and X.dtypes.iloc[0] == object \
-                and _looks_like_items(list(X.iloc[:1, 0])):
+        if X.shape[1] == 1 and X.shape[0] and _looks_like_items(list(X.iloc[:1, 0])):
             X = list(X.iloc[:, 0])
     elif pd is not None and isinstance(X, pd.Series):
         X = list(X)
@@ -272,7 +272,7 @@ def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=F
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("Found an empty list of images (0 samples); pass at least one image.")
-        if _looks_like_items(X):
+        if _looks_like_items(X) or not isinstance(X[0], (Number, list, tuple, np.number)):
             return _items_source(X, pixel_range)
     if isinstance(X, np.ndarray) and X.ndim >= 3:
         if X.dtype.kind not in "biuf":

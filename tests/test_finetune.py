@@ -234,6 +234,10 @@ def test_default_augmentation_changes_images_but_keeps_shape():
     assert out.shape == x.shape and not torch.allclose(out, x)
     identity = RandomAffine(scale=(1, 1), ratio=(1, 1), shear_degrees=0, flip=False)(x)
     torch.testing.assert_close(identity, x, atol=1e-5, rtol=1e-5)
+    flipped = RandomAffine(scale=(1, 1), ratio=(1, 1), shear_degrees=0, flip=True)(x.repeat(8, 1, 1, 1))
+    mirrored = [torch.allclose(f, img.flip(-1), atol=1e-5) for f, img in zip(flipped, x.repeat(8, 1, 1, 1))]
+    same = [torch.allclose(f, img, atol=1e-5) for f, img in zip(flipped, x.repeat(8, 1, 1, 1))]
+    assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
 
 
 def test_last_batch_of_one_sample(data):
