@@ -275,7 +275,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_y(self, y, n_samples):
         if y is None:
-            raise ValueError("FineTuneClassifier needs y (class labels) to fit.")
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None; "
+                "pass the class labels."
+            )
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             warnings.warn(

@@ -1,0 +1,29 @@
+"""scikit-learn's own estimator checks, on both estimators."""
+
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
+
+ESTIMATORS = [
+    PretrainedFeatureExtractor(image_size=32),
+    FineTuneClassifier(image_size=32, max_epochs=8, batch_size=32, random_state=0),
+]
+
+EXPECTED_FAILURES = {
+    # Mini-batch SGD over shuffled batches: a sample of weight 2 is not the same
+    # as the sample seen twice (different batches, different steps).
+    "check_sample_weight_equivalence_on_dense_data":
+        "stochastic mini-batch training: weighting a sample differs from repeating it",
+}
+
+
+def expected_failed_checks(estimator):
+    if isinstance(estimator, FineTuneClassifier):
+        return EXPECTED_FAILURES
+    return {}
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failed_checks)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
