@@ -459,6 +459,12 @@ def load_backbone(backbone=DEFAULT_BACKBONE, weights="DEFAULT", preprocessing=No
             f"sktransfer.Preprocessing, got {type(preprocessing).__name__}."
         )
     if hasattr(backbone, "export_backbone") and callable(backbone.export_backbone):
+        if not hasattr(backbone, "net_"):
+            raise ValueError(
+                f"backbone={type(backbone).__name__}(...) is not fitted. A fitted estimator used as a "
+                "backbone loses its weights when scikit-learn clones it (GridSearchCV, Pipeline, "
+                "cross_val_score); pass backbone=fitted.export_backbone() instead, which keeps them."
+            )
         backbone = backbone.export_backbone()
     if isinstance(backbone, Backbone):
         result = copy.deepcopy(backbone)

@@ -101,6 +101,18 @@ def forward_layers(backbone, x, plan, pooling):
     return torch.cat([pool(captured[label], pooling) for label in labels], dim=1)
 
 
+def batch_invariant(fn, x):
+    """``fn(x)``, with a batch of one image run as a batch of two.
+
+    CPU kernels pick another algorithm for a single image; its results differ
+    from the batched ones in the 6th digit. Doubling a lone image keeps every
+    sample's output independent of how the data was split into batches.
+    """
+    if x.shape[0] != 1:
+        return fn(x)
+    return fn(torch.cat([x, x]))[:1]
+
+
 def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_last=True,
             progress=None):
     """Embeddings of every image in ``source`` as a float32 numpy array."""
@@ -110,7 +122,8 @@ def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             x = prepare_batch(source.batch(slice(start, stop)), spec, device, channels_last)
-            feats = forward_layers(backbone, x, plan, pooling).float().cpu().numpy()
+            feats = batch_invariant(lambda b: forward_layers(backbone, b, plan, pooling), x)
+            feats = feats.float().cpu().numpy()
             if out is None:
                 out = np.empty((n, feats.shape[1]), dtype=np.float32)
             out[start:stop] = feats

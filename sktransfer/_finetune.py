@@ -19,6 +19,7 @@ from ._augment import resolve_augment
 from ._backbones import DEFAULT_BACKBONE, load_backbone
 from ._data import PreparedImages
 from ._device import autocast, cpu_copy, cpu_state, module_device, resolve_device
+from ._extraction import batch_invariant
 from ._extractor import DOCS_URL, check_positive_int
 from ._freezing import check_freeze_depth, freeze
 from ._inputs import as_images, check_pixel_range, learn_pixel_range
@@ -321,7 +322,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             self.classes_, y_enc = np.unique(y, return_inverse=True)
             if len(self.classes_) < 2:
                 raise ValueError(
-                    f"FineTuneClassifier needs at least 2 classes in y; got only {self.classes_[0]!r}."
+                    f"FineTuneClassifier needs at least 2 classes in y; got 1 class ({self.classes_[0]!r})."
                 )
             self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
             self.history_ = []
@@ -563,7 +564,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 x = prepare_batch(
                     source.batch(slice(start, start + self.batch_size)), self.preprocessing_, device, channels_last
                 )
-                outs.append(net(x).float().cpu())
+                outs.append(batch_invariant(net, x).float().cpu())
         return torch.cat(outs)
 
     def decision_function(self, X):
@@ -603,6 +604,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         -------
         y_pred : ndarray of shape (n_samples,)
         """
+        check_is_fitted(self, "net_")
         return self.classes_[self._logits(X).argmax(1).numpy()]
 
     # --------------------------------------------------------------- transfer
@@ -627,8 +629,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
-        tags.non_deterministic = resolve_device(self.device).type == "cuda" if self.device != "auto" \
-            else torch.cuda.is_available()
+        # CUDA kernels are not bitwise repeatable; CPU fits are
+        tags.non_deterministic = torch.cuda.is_available() and self.device != "cpu"
         return tags
 
     def __getstate__(self):

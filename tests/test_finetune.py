@@ -371,3 +371,13 @@ def test_verbose_progress(data, capsys):
     X, y = data
     FineTuneClassifier(max_epochs=1, verbose=1, **FAST).fit(X, y)
     assert "epoch 1" in capsys.readouterr().err
+
+
+def test_unfitted_estimator_as_backbone_says_how_to_keep_weights(data):
+    from sklearn.base import clone
+
+    X, y = data
+    source = FineTuneClassifier(max_epochs=1, **FAST).fit(X, y)
+    target = clone(FineTuneClassifier(backbone=source, **FAST))  # clone drops the source's weights
+    with pytest.raises(ValueError, match="export_backbone"):
+        target.fit(X, y)
