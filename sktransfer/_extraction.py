@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._device import autocast
 from ._pooling import pool
@@ -113,16 +115,66 @@ def batch_invariant(fn, x):
     return fn(torch.cat([x, x]))[:1]
 
 
+class PlanModule(nn.Module):
+    """The planned layers of a backbone as one module (what gets traced)."""
+
+    def __init__(self, backbone, plan, pooling):
+        super().__init__()
+        self.backbone = backbone
+        self.plan = list(plan)
+        self.pooling = pooling
+
+    def forward(self, x):
+        return forward_layers(self.backbone, x, self.plan, self.pooling)
+
+
+def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
+    """Trace, freeze and ``optimize_for_inference`` the plan (BatchNorm folded into
+    convolutions, fused oneDNN kernels), or ``None`` when that is not possible.
+
+    The result is checked against the eager model on a batch of another size
+    (cosine >= ``tolerance`` for every sample); any failure or mismatch falls
+    back to ``None``, i.e. eager execution.
+    """
+    module = PlanModule(backbone, plan, pooling).eval()
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, image_size, image_size, generator=gen).contiguous(memory_format=torch.channels_last)
+    check = torch.randn(3, 3, image_size, image_size, generator=gen).contiguous(memory_format=torch.channels_last)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                traced = torch.jit.trace(module, example, check_trace=False)
+                optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            with torch.inference_mode():
+                expected = module(check)
+                got = optimized(check)
+    except Exception:  # tracing is best effort: hooks, data-dependent shapes...
+        return None
+    if got.shape != expected.shape:
+        return None
+    cosine = torch.nn.functional.cosine_similarity(got.float(), expected.float(), dim=1, eps=1e-12)
+    if not bool((cosine >= tolerance).all()):
+        return None
+    return optimized
+
+
 def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_last=True,
-            progress=None):
-    """Embeddings of every image in ``source`` as a float32 numpy array."""
+            progress=None, runner=None):
+    """Embeddings of every image in ``source`` as a float32 numpy array.
+
+    ``runner`` replaces the eager forward (e.g. the module of :func:`optimize_for_cpu`).
+    """
+    if runner is None:
+        def runner(b):
+            return forward_layers(backbone, b, plan, pooling)
     n = len(source)
     out = None
     with torch.inference_mode(), autocast(device):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             x = prepare_batch(source.batch(slice(start, stop)), spec, device, channels_last)
-            feats = batch_invariant(lambda b: forward_layers(backbone, b, plan, pooling), x)
+            feats = batch_invariant(runner, x)
             feats = feats.float().cpu().numpy()
             if out is None:
                 out = np.empty((n, feats.shape[1]), dtype=np.float32)

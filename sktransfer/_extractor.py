@@ -11,11 +11,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, load_backbone
 from ._device import cpu_state, module_device, resolve_device
-from ._extraction import extract, resolve_layers
+from ._extraction import extract, optimize_for_cpu, resolve_layers
 from ._inputs import ArraySource, as_images, check_pixel_range, learn_pixel_range
 from ._pooling import check_pooling
 from ._progress import progress_bar
 
+OPTIMIZE_MIN_IMAGES = 128
 DOCS_URL = "https://sktransfer.readthedocs.io/en/latest/api.html#{estimator_name}"
 
 
@@ -74,6 +75,14 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         of images.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
+    optimize : "auto", bool, default="auto"
+        On the CPU, run a traced, frozen and ``optimize_for_inference`` copy of
+        the network (BatchNorm folded into convolutions, fused oneDNN kernels;
+        embeddings equal the eager ones to cosine >= 0.9999, checked when it
+        is built, with a fall back to eager execution otherwise). Building it
+        takes about a second once per fitted extractor, so ``"auto"`` does it
+        only for transforms of at least 128 images; ``True`` always,
+        ``False`` never. GPUs always run eagerly with bf16 autocast.
     verbose : int, default=0
         ``>0`` shows a tqdm progress bar over images.
 
@@ -127,6 +136,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         preprocessing=None,
         batch_size=64,
         device="auto",
+        optimize="auto",
         verbose=0,
     ):
         self.backbone = backbone
@@ -139,6 +149,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.device = device
+        self.optimize = optimize
         self.verbose = verbose
 
     # -- fitting ------------------------------------------------------------
@@ -148,6 +159,8 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         check_positive_int(self.image_size, "image_size", allow_none=True)
         check_pixel_range(self.pixel_range)
         resolve_device(self.device)
+        if self.optimize not in ("auto", True, False):
+            raise ValueError(f"optimize must be 'auto', True or False, got {self.optimize!r}.")
 
     def fit(self, X, y=None):
         """Load the backbone and learn the value range of float inputs.
@@ -164,6 +177,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self : PretrainedFeatureExtractor
         """
         self._check_params()
+        self.__dict__.pop("_optimized", None)
         source = as_images(X, self, input_shape=self.input_shape, reset=True)
         self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
         backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
@@ -199,10 +213,26 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         device = resolve_device(self.device)
         if module_device(self.backbone_) != device:
             self.backbone_.to(device)
+        runner = None
+        if layers is None and self._wants_optimized(device, len(source)):
+            runner = self._optimized_runner()
         return extract(
             self.backbone_, source, layers or self.layers_, self.pooling, self.preprocessing_,
-            device, self.batch_size, channels_last=True, progress=bar,
+            device, self.batch_size, channels_last=True, progress=bar, runner=runner,
         )
+
+    def _wants_optimized(self, device, n_images):
+        if device.type != "cpu" or self.optimize is False:
+            return False
+        return self.optimize is True or n_images >= OPTIMIZE_MIN_IMAGES
+
+    def _optimized_runner(self):
+        """The traced module, built once per fit (never pickled)."""
+        if not hasattr(self, "_optimized"):
+            self._optimized = optimize_for_cpu(
+                self.backbone_, self.layers_, self.pooling, self.preprocessing_.image_size
+            )
+        return self._optimized
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``"<layer>_<i>"``.
@@ -228,7 +258,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         return tags
 
     def __getstate__(self):
-        return cpu_state(super().__getstate__(), ["backbone_"])
+        state = cpu_state(super().__getstate__(), ["backbone_"])
+        state.pop("_optimized", None)
+        return state
 
     _doc_link_template = DOCS_URL
     _doc_link_module = "sktransfer"

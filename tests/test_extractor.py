@@ -158,3 +158,32 @@ def test_in_a_pipeline_on_digits(digits):
     )
     model.fit(table[:300], y[:300])
     assert model.score(table[300:600], y[300:600]) > 0.8  # chance is 0.1
+
+
+@pytest.mark.parametrize("layer", [None, "logits", ["stage3", None]])
+def test_optimized_inference_equals_eager(X, layer):
+    eager = PretrainedFeatureExtractor(image_size=64, layer=layer, optimize=False).fit(X)
+    fast = PretrainedFeatureExtractor(image_size=64, layer=layer, optimize=True).fit(X)
+    a, b = eager.transform(X), fast.transform(X)
+    assert fast._optimized is not None  # really traced, not the eager fall-back
+    assert isinstance(fast._optimized, torch.jit.ScriptModule)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.9999
+    # batch composition does not change results, and the traced module is never pickled
+    np.testing.assert_allclose(fast.transform(X[:1]), b[:1], rtol=1e-5, atol=1e-6)
+    again = pickle.loads(pickle.dumps(fast))
+    assert not hasattr(again, "_optimized")
+    np.testing.assert_allclose(again.transform(X), b, rtol=1e-5, atol=1e-6)
+
+
+def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
+    import sktransfer._extraction as mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot trace")
+
+    monkeypatch.setattr(mod.torch.jit, "trace", broken)
+    ext = PretrainedFeatureExtractor(image_size=32, optimize=True).fit(X)
+    Z = ext.transform(X)
+    assert ext._optimized is None
+    np.testing.assert_allclose(Z, PretrainedFeatureExtractor(image_size=32, optimize=False).fit(X).transform(X))
