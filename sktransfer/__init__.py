@@ -2,6 +2,7 @@
 
 from ._augment import RandomAffine
 from ._backbones import Backbone, load_backbone
+from ._cache import cache_info, clear_cache
 from ._extractor import PretrainedFeatureExtractor
 from ._finetune import FineTuneClassifier
 from ._history import TrainingHistoryDisplay
@@ -20,6 +21,8 @@ __all__ = [
     "TrainingHistoryDisplay",
     "TransferNet",
     "WeightsNotFoundError",
+    "cache_info",
+    "clear_cache",
     "load_backbone",
     "__version__",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from numbers import Integral
 
 import numpy as np
@@ -10,6 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE, load_backbone
+from ._cache import DEFAULT_MAX_BYTES, cached_transform, weights_digest
 from ._device import cpu_state, module_device, resolve_device
 from ._extraction import extract, optimize_for_cpu, resolve_layers
 from ._inputs import ArraySource, as_images, check_pixel_range, learn_pixel_range
@@ -83,6 +86,18 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         takes about a second once per fitted extractor, so ``"auto"`` does it
         only for transforms of at least 128 images; ``True`` always,
         ``False`` never. GPUs always run eagerly with bf16 autocast.
+    cache : bool, default=True
+        Reuse embeddings of images seen before (cross-validation folds, grid
+        searches, refits): a per-process, least-recently-used memory cache
+        shared by all extractors, keyed by image content plus a digest of the
+        weights and of every setting that changes the output. See
+        :func:`cache_info` and :func:`clear_cache`.
+    cache_dir : str or None, default=None
+        A folder that also stores embeddings on disk, shared by processes
+        (``n_jobs>1``) and sessions. Trusted folders only: files are plain
+        ``.npy`` arrays (loaded without pickle).
+    cache_max_bytes : int, default=1 GiB
+        Bound of the memory cache (least recently used entries go first).
     verbose : int, default=0
         ``>0`` shows a tqdm progress bar over images.
 
@@ -137,6 +152,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         batch_size=64,
         device="auto",
         optimize="auto",
+        cache=True,
+        cache_dir=None,
+        cache_max_bytes=DEFAULT_MAX_BYTES,
         verbose=0,
     ):
         self.backbone = backbone
@@ -150,6 +168,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.optimize = optimize
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.cache_max_bytes = cache_max_bytes
         self.verbose = verbose
 
     # -- fitting ------------------------------------------------------------
@@ -159,6 +180,9 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         check_positive_int(self.image_size, "image_size", allow_none=True)
         check_pixel_range(self.pixel_range)
         resolve_device(self.device)
+        check_positive_int(self.cache_max_bytes, "cache_max_bytes")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise TypeError(f"cache_dir must be None or a folder path, got {type(self.cache_dir).__name__}.")
         if self.optimize not in ("auto", True, False):
             raise ValueError(f"optimize must be 'auto', True or False, got {self.optimize!r}.")
 
@@ -189,7 +213,16 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
         self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
         self.n_features_out_ = sum(self.layer_widths_)
+        self._cache_setting = self._setting_digest() if self.cache else None
         return self
+
+    def _setting_digest(self):
+        """Everything but the image that changes an embedding."""
+        described = repr((
+            weights_digest(self.backbone_), self.backbone_.family, self.layers_, self.pooling,
+            self.preprocessing_, self.pixel_range_,
+        ))
+        return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
 
     # -- transforming -------------------------------------------------------
     def transform(self, X):
@@ -207,7 +240,14 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "backbone_")
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
         with progress_bar(self.verbose, len(source), "embedding", unit="img") as bar:
-            return self._run(source, bar)
+            if not self.cache:
+                return self._run(source, bar)
+            if getattr(self, "_cache_setting", None) is None:
+                self._cache_setting = self._setting_digest()
+            return cached_transform(
+                source, self._cache_setting, lambda subset: self._run(subset, bar),
+                self.cache_max_bytes, self.cache_dir,
+            )
 
     def _run(self, source, bar=None, layers=None):
         device = resolve_device(self.device)

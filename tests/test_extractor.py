@@ -25,12 +25,12 @@ def test_fit_does_not_touch_init_params_and_init_loads_nothing(monkeypatch):
     import sktransfer._extractor as mod
 
     monkeypatch.setattr(mod, "load_backbone", lambda *a, **k: pytest.fail("loaded in __init__"))
-    ext = PretrainedFeatureExtractor(layer=["stage1"], batch_size=3)
+    ext = PretrainedFeatureExtractor(cache=False, layer=["stage1"], batch_size=3)
     assert ext.get_params()["layer"] == ["stage1"]
 
 
 def test_embedding_is_average_pooled_last_feature_map(X):
-    ext = PretrainedFeatureExtractor(image_size=64).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=64).fit(X)
     Z = ext.transform(X)
     assert Z.shape == (3, 1280)
     with torch.inference_mode():
@@ -40,17 +40,17 @@ def test_embedding_is_average_pooled_last_feature_map(X):
 
 
 def test_logits_equal_the_model_output(X):
-    ext = PretrainedFeatureExtractor(layer="logits", image_size=64).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, layer="logits", image_size=64).fit(X)
     with torch.inference_mode():
         expected = ext.backbone_.model(prepared(ext, X)).numpy()
     np.testing.assert_allclose(ext.transform(X), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_poolings_relate_to_the_flattened_map(X):
-    flat = PretrainedFeatureExtractor(layer="stage3", pooling=None, image_size=64).fit(X).transform(X)
+    flat = PretrainedFeatureExtractor(cache=False, layer="stage3", pooling=None, image_size=64).fit(X).transform(X)
     c = 40  # blocks.2 of Lite0 has 40 channels at stride 8
     maps = flat.reshape(3, c, -1)
-    results = {p: PretrainedFeatureExtractor(layer="stage3", pooling=p, image_size=64).fit(X).transform(X)
+    results = {p: PretrainedFeatureExtractor(cache=False, layer="stage3", pooling=p, image_size=64).fit(X).transform(X)
                for p in ("avg", "max", "avgmax", "catavgmax", "gem")}
     np.testing.assert_allclose(results["avg"], maps.mean(2), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(results["max"], maps.max(2), rtol=1e-4, atol=1e-5)
@@ -61,29 +61,29 @@ def test_poolings_relate_to_the_flattened_map(X):
 
 
 def test_intermediate_layers_and_lists(X):
-    ext = PretrainedFeatureExtractor(layer=["stage2", "blocks.4", "logits", None], image_size=64).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, layer=["stage2", "blocks.4", "logits", None], image_size=64).fit(X)
     assert ext.layer_widths_ == [24, 112, 1000, 1280]
     Z = ext.transform(X)
     assert Z.shape == (3, 24 + 112 + 1000 + 1280)
     # each block equals the single-layer extraction
     for (label, _), start, width in zip(ext.layers_, np.cumsum([0] + ext.layer_widths_[:-1]), ext.layer_widths_):
-        alone = PretrainedFeatureExtractor(layer=None if label == "embedding" else label, image_size=64).fit(X)
+        alone = PretrainedFeatureExtractor(cache=False, layer=None if label == "embedding" else label, image_size=64).fit(X)
         np.testing.assert_allclose(Z[:, start:start + width], alone.transform(X), rtol=1e-4, atol=1e-4)
     names = ext.get_feature_names_out()
     assert names[0] == "stage2_0" and names[24] == "blocks.4_0" and names[-1] == "embedding_1279"
 
 
 def test_stage_alias_is_the_stage_module(X):
-    a = PretrainedFeatureExtractor(layer="stage4", image_size=64).fit(X)
-    b = PretrainedFeatureExtractor(layer="blocks.3", image_size=64).fit(X)
+    a = PretrainedFeatureExtractor(cache=False, layer="stage4", image_size=64).fit(X)
+    b = PretrainedFeatureExtractor(cache=False, layer="blocks.3", image_size=64).fit(X)
     np.testing.assert_allclose(a.transform(X), b.transform(X), rtol=1e-5)
 
 
 def test_unknown_layer_lists_valid_names(X):
     with pytest.raises(ValueError, match=r"Unknown layer 'layer9'.*stage0.*blocks"):
-        PretrainedFeatureExtractor(layer="layer9").fit(X)
+        PretrainedFeatureExtractor(cache=False, layer="layer9").fit(X)
     with pytest.raises(TypeError, match="layer must be"):
-        PretrainedFeatureExtractor(layer=3).fit(X)
+        PretrainedFeatureExtractor(cache=False, layer=3).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -108,13 +108,13 @@ def test_transform_before_fit(X):
 
 
 def test_batches_do_not_change_results(X):
-    big = PretrainedFeatureExtractor(image_size=48, batch_size=64).fit(X).transform(X)
-    small = PretrainedFeatureExtractor(image_size=48, batch_size=1).fit(X).transform(X)
+    big = PretrainedFeatureExtractor(cache=False, image_size=48, batch_size=64).fit(X).transform(X)
+    small = PretrainedFeatureExtractor(cache=False, image_size=48, batch_size=1).fit(X).transform(X)
     np.testing.assert_allclose(big, small, rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_and_in_eval_mode(X):
-    ext = PretrainedFeatureExtractor(image_size=32).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(X)
     assert not ext.backbone_.training
     assert not any(p.requires_grad for p in ext.backbone_.parameters())
     before = {k: v.clone() for k, v in ext.backbone_.state_dict().items()}
@@ -125,7 +125,7 @@ def test_frozen_and_in_eval_mode(X):
 
 def test_pandas_output(X):
     pd = pytest.importorskip("pandas")
-    ext = PretrainedFeatureExtractor(image_size=32).set_output(transform="pandas")
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).set_output(transform="pandas")
     out = ext.fit_transform(X)
     assert isinstance(out, pd.DataFrame)
     assert list(out.columns[:2]) == ["embedding_0", "embedding_1"]
@@ -133,7 +133,7 @@ def test_pandas_output(X):
 
 
 def test_pickle_and_joblib_round_trip(X, tmp_path):
-    ext = PretrainedFeatureExtractor(image_size=32, layer=["stage3", None]).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32, layer=["stage3", None]).fit(X)
     Z = ext.transform(X)
     again = pickle.loads(pickle.dumps(ext))
     np.testing.assert_array_equal(again.transform(X), Z)
@@ -142,7 +142,7 @@ def test_pickle_and_joblib_round_trip(X, tmp_path):
 
 
 def test_verbose_shows_a_progress_bar(X, capsys):
-    PretrainedFeatureExtractor(image_size=32, verbose=1, batch_size=1).fit(X).transform(X)
+    PretrainedFeatureExtractor(cache=False, image_size=32, verbose=1, batch_size=1).fit(X).transform(X)
     assert "embedding" in capsys.readouterr().err
 
 
@@ -153,7 +153,7 @@ def test_in_a_pipeline_on_digits(digits):
 
     _, table, y = digits
     model = make_pipeline(
-        PretrainedFeatureExtractor(image_size=64, layer="stage5"), StandardScaler(),
+        PretrainedFeatureExtractor(cache=False, image_size=64, layer="stage5"), StandardScaler(),
         LogisticRegression(max_iter=2000, C=0.1),
     )
     model.fit(table[:300], y[:300])
@@ -162,8 +162,8 @@ def test_in_a_pipeline_on_digits(digits):
 
 @pytest.mark.parametrize("layer", [None, "logits", ["stage3", None]])
 def test_optimized_inference_equals_eager(X, layer):
-    eager = PretrainedFeatureExtractor(image_size=64, layer=layer, optimize=False).fit(X)
-    fast = PretrainedFeatureExtractor(image_size=64, layer=layer, optimize=True).fit(X)
+    eager = PretrainedFeatureExtractor(cache=False, image_size=64, layer=layer, optimize=False).fit(X)
+    fast = PretrainedFeatureExtractor(cache=False, image_size=64, layer=layer, optimize=True).fit(X)
     a, b = eager.transform(X), fast.transform(X)
     assert fast._optimized is not None  # really traced, not the eager fall-back
     assert isinstance(fast._optimized, torch.jit.ScriptModule)
@@ -183,7 +183,7 @@ def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
         raise RuntimeError("cannot trace")
 
     monkeypatch.setattr(mod.torch.jit, "trace", broken)
-    ext = PretrainedFeatureExtractor(image_size=32, optimize=True).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
     Z = ext.transform(X)
     assert ext._optimized is None
-    np.testing.assert_allclose(Z, PretrainedFeatureExtractor(image_size=32, optimize=False).fit(X).transform(X))
+    np.testing.assert_allclose(Z, PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X))

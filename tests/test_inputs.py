@@ -16,7 +16,7 @@ def rgb(photos):
 
 @pytest.fixture(scope="module")
 def extractor(rgb):
-    return PretrainedFeatureExtractor(image_size=32, batch_size=3).fit(rgb)
+    return PretrainedFeatureExtractor(cache=False, image_size=32, batch_size=3).fit(rgb)
 
 
 def close(a, b, tol=1e-4):
@@ -94,12 +94,12 @@ def test_mixed_sizes_equal_one_by_one(extractor, photos):
 
 def test_tables_with_input_shape(digits):
     images, table, _ = digits
-    ext = PretrainedFeatureExtractor(image_size=32).fit(images[:20])
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(images[:20])
     ref = ext.transform(images[:20])
-    close(PretrainedFeatureExtractor(image_size=32).fit(table[:20]).transform(table[:20]), ref)
-    close(PretrainedFeatureExtractor(image_size=32, input_shape=(8, 8)).fit(table[:20]).transform(table[:20]), ref)
+    close(PretrainedFeatureExtractor(cache=False, image_size=32).fit(table[:20]).transform(table[:20]), ref)
+    close(PretrainedFeatureExtractor(cache=False, image_size=32, input_shape=(8, 8)).fit(table[:20]).transform(table[:20]), ref)
     close(
-        PretrainedFeatureExtractor(image_size=32, input_shape=(8, 8, 1)).fit(table[:20]).transform(table[:20]),
+        PretrainedFeatureExtractor(cache=False, image_size=32, input_shape=(8, 8, 1)).fit(table[:20]).transform(table[:20]),
         ref,
     )
     with pytest.raises(ValueError, match=r"input_shape=\(7, 7\) holds 49 values but X has 64"):
@@ -112,16 +112,16 @@ def test_default_shape_of_non_square_tables(rng):
     assert default_input_shape(64) == (8, 8)
     assert default_input_shape(10) == (1, 10)
     X = rng.normal(size=(6, 10))
-    Z = PretrainedFeatureExtractor(image_size=32).fit(X).transform(X)
+    Z = PretrainedFeatureExtractor(cache=False, image_size=32).fit(X).transform(X)
     assert Z.shape[0] == 6 and np.isfinite(Z).all()
 
 
 def test_pixel_range_auto_learns_float_range(digits):
     images, table, _ = digits
-    ext = PretrainedFeatureExtractor(image_size=32).fit(table[:30])
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(table[:30])
     assert ext.pixel_range_ == (0.0, 16.0)
-    close(ext.transform(table[:30]), PretrainedFeatureExtractor(image_size=32).fit(table[:30] / 16).transform(table[:30] / 16))
-    fixed = PretrainedFeatureExtractor(image_size=32, pixel_range=(0, 32)).fit(table[:5])
+    close(ext.transform(table[:30]), PretrainedFeatureExtractor(cache=False, image_size=32).fit(table[:30] / 16).transform(table[:30] / 16))
+    fixed = PretrainedFeatureExtractor(cache=False, image_size=32, pixel_range=(0, 32)).fit(table[:5])
     assert fixed.pixel_range_ == (0.0, 32.0)
     close(fixed.transform(table[:5]), ext.transform(table[:5] / 2))
     with pytest.raises(ValueError, match="pixel_range"):
@@ -133,7 +133,7 @@ def test_caller_arrays_are_not_modified(rgb, digits):
     inputs = [rgb.copy(), rgb.astype(np.float32) / 255, table[:10].copy(), torch.from_numpy(rgb.astype(np.float32))]
     for X in inputs:
         before = X.clone() if isinstance(X, torch.Tensor) else X.copy()
-        PretrainedFeatureExtractor(image_size=32).fit(X).transform(X)
+        PretrainedFeatureExtractor(cache=False, image_size=32).fit(X).transform(X)
         if isinstance(X, torch.Tensor):
             assert torch.equal(X, before)
         else:
@@ -156,7 +156,7 @@ def test_caller_arrays_are_not_modified(rgb, digits):
     ],
 )
 def test_bad_inputs_give_clear_errors(X, error, match):
-    ext = PretrainedFeatureExtractor(image_size=32).fit(np.zeros((1, 8, 8)))
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(np.zeros((1, 8, 8)))
     with pytest.raises(error, match=match):
         ext.transform(X)
 
@@ -164,13 +164,13 @@ def test_bad_inputs_give_clear_errors(X, error, match):
 def test_corrupt_file_names_the_file(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    ext = PretrainedFeatureExtractor(image_size=32).fit(np.zeros((1, 8, 8)))
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(np.zeros((1, 8, 8)))
     with pytest.raises(ValueError, match="broken.jpg"):
         ext.transform([str(bad)])
 
 
 def test_wrong_number_of_columns_at_transform(digits):
     _, table, _ = digits
-    ext = PretrainedFeatureExtractor(image_size=32).fit(table[:5])
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(table[:5])
     with pytest.raises(ValueError, match="64 features"):
         ext.transform(table[:5, :60])

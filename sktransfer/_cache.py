@@ -1,0 +1,222 @@
+"""Embedding cache: repeated transforms of the same images reuse their embeddings.
+
+Keys are per image (so the folds of a cross-validation, which transform
+subsets of the same images, hit the cache) and combine
+
+* the image content (bytes, shape and dtype of arrays; path, size and
+  modification time of files; pixels of PIL images), and
+* every setting that changes the output: a digest of the backbone weights,
+  the layers, pooling, preprocessing, input shape and pixel range.
+
+The in-memory store is one per process, shared by all extractors (clones made
+by GridSearchCV included), least-recently-used, bounded in bytes. An optional
+folder on disk is shared by processes (``n_jobs>1``): one ``.npy`` file per
+embedding, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class MemoryLRU:
+    """A least-recently-used mapping bounded by the bytes of its arrays."""
+
+    def __init__(self, max_bytes=DEFAULT_MAX_BYTES):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.data = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            value = self.data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self.data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key, value, max_bytes=None):
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        if value.nbytes > limit:
+            return
+        with self.lock:
+            if key in self.data:
+                return
+            self.data[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > limit:
+                _, old = self.data.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+    def clear(self):
+        with self.lock:
+            self.data.clear()
+            self.nbytes = self.hits = self.misses = 0
+
+
+_MEMORY = MemoryLRU()
+
+
+def memory_cache():
+    return _MEMORY
+
+
+def clear_cache():
+    """Empty this process's in-memory embedding cache.
+
+    Examples
+    --------
+    >>> from sktransfer import clear_cache
+    >>> clear_cache()
+    """
+    _MEMORY.clear()
+
+
+def cache_info():
+    """Hits, misses, entries and bytes of this process's in-memory embedding cache.
+
+    Returns
+    -------
+    info : dict
+
+    Examples
+    --------
+    >>> from sktransfer import cache_info
+    >>> sorted(cache_info())
+    ['bytes', 'entries', 'hits', 'misses']
+    """
+    return {"hits": _MEMORY.hits, "misses": _MEMORY.misses, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
+
+
+def weights_digest(module):
+    """A digest of every tensor of ``module`` (names, shapes, values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _array_key(array):
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.ascontiguousarray(array)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((array.shape, array.dtype.str)).encode())
+    h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def item_keys(source):
+    """One content key per image of an :class:`~sktransfer._inputs.ImageSource`."""
+    from ._inputs import ArraySource, _is_pil
+
+    if isinstance(source, ArraySource):
+        return [_array_key(source.data[i]) for i in range(len(source))]
+    keys = []
+    for item in source.items:
+        if isinstance(item, (str, os.PathLike)):
+            path = os.path.abspath(os.fspath(item))
+            try:
+                stat = os.stat(path)
+                keys.append(f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}")
+            except OSError:
+                keys.append(None)  # missing: never cached, the decoder raises the clear error
+        elif _is_pil(item):
+            keys.append(_array_key(np.asarray(item)) + item.mode)
+        else:
+            keys.append(_array_key(item))
+    return keys
+
+
+class DiskCache:
+    """Embeddings as ``<folder>/<setting digest>/<image key>.npy`` files."""
+
+    def __init__(self, folder, setting):
+        self.folder = os.path.join(os.fspath(folder), setting)
+
+    def _path(self, key):
+        name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+        return os.path.join(self.folder, name[:2], name + ".npy")
+
+    def get(self, key):
+        try:
+            return np.load(self._path(key), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key, value):
+        path = self._path(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, value, allow_pickle=False)
+        os.replace(tmp, path)
+
+
+class SubsetSource:
+    """The images of ``source`` at ``indices`` (what the cache could not answer)."""
+
+    value_range = None
+
+    def __init__(self, source, indices):
+        self.source = source
+        self.indices = np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def batch(self, indices):
+        return self.source.batch(self.indices[indices])
+
+
+def cached_transform(source, setting, compute, max_bytes, folder=None):
+    """Embeddings of ``source``, computing only the images no cache holds.
+
+    ``compute(subset_source) -> ndarray`` runs the network.
+    """
+    keys = [None if k is None else f"{setting}:{k}" for k in item_keys(source)]
+    disk = DiskCache(folder, setting) if folder is not None else None
+    found = {}
+    missing = []
+    for i, key in enumerate(keys):
+        value = None if key is None else _MEMORY.get(key)
+        if value is None and key is not None and disk is not None:
+            value = disk.get(key)
+            if value is not None:
+                _MEMORY.put(key, value, max_bytes)
+        if value is None:
+            missing.append(i)
+        else:
+            found[i] = value
+    computed = compute(SubsetSource(source, missing)) if missing else None
+    if computed is not None:
+        for row, i in enumerate(missing):
+            if keys[i] is None:
+                continue
+            value = computed[row].copy()
+            _MEMORY.put(keys[i], value, max_bytes)
+            if disk is not None:
+                disk.put(keys[i], value)
+    width = computed.shape[1] if computed is not None else next(iter(found.values())).shape[0]
+    out = np.empty((len(keys), width), dtype=np.float32)
+    for i, value in found.items():
+        out[i] = value
+    if computed is not None:
+        out[missing] = computed
+    return out

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+import sktransfer._extractor as extractor_module
+from sktransfer import PretrainedFeatureExtractor, cache_info, clear_cache
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts images that really go through the network."""
+    seen = []
+    original = extractor_module.extract
+
+    def counting(backbone, source, *args, **kwargs):
+        if not (type(source).__name__ == "ArraySource" and len(source) == 1):  # not fit's shape probe
+            seen.append(len(source))
+        return original(backbone, source, *args, **kwargs)
+
+    monkeypatch.setattr(extractor_module, "extract", counting)
+    clear_cache()
+    return seen
+
+
+def test_repeated_transforms_reuse_embeddings(digits, counted):
+    _, table, _ = digits
+    X = table[:40]
+    ext = PretrainedFeatureExtractor(image_size=32).fit(X)
+    first = ext.transform(X)
+    assert sum(counted) == 40
+    again = PretrainedFeatureExtractor(image_size=32).fit(X)  # another instance, same settings
+    np.testing.assert_array_equal(again.transform(X[10:30]), first[10:30])
+    assert sum(counted) == 40 and cache_info()["hits"] >= 20
+
+
+def test_one_changed_pixel_gets_a_new_embedding(digits, counted):
+    _, table, _ = digits
+    X = table[:10].copy()
+    ext = PretrainedFeatureExtractor(image_size=32).fit(X)
+    before = ext.transform(X)
+    X2 = X.copy()
+    X2[3, 20] += 5
+    after = ext.transform(X2)
+    assert sum(counted) == 11  # only the changed image was recomputed
+    assert not np.allclose(after[3], before[3])
+    np.testing.assert_array_equal(np.delete(after, 3, 0), np.delete(before, 3, 0))
+    expected = PretrainedFeatureExtractor(image_size=32, cache=False).fit(X).transform(X2)
+    np.testing.assert_allclose(after, expected, rtol=1e-6)
+
+
+def test_settings_that_change_the_output_are_part_of_the_key(digits, counted):
+    _, table, _ = digits
+    X = table[:8]
+    kw = dict(layer="stage3")  # a 4x4 map at 32 px, where max and average pooling differ
+    a = PretrainedFeatureExtractor(image_size=32, **kw).fit(X).transform(X)
+    b = PretrainedFeatureExtractor(image_size=32, pooling="max", **kw).fit(X).transform(X)
+    c = PretrainedFeatureExtractor(image_size=40, **kw).fit(X).transform(X)
+    d = PretrainedFeatureExtractor(image_size=32, pixel_range=(0, 32), **kw).fit(X).transform(X)
+    assert sum(counted) == 32
+    for other in (b, c, d):
+        assert not np.allclose(a, other)
+
+
+def test_cache_can_be_switched_off(digits, counted):
+    _, table, _ = digits
+    ext = PretrainedFeatureExtractor(image_size=32, cache=False).fit(table[:6])
+    ext.transform(table[:6])
+    ext.transform(table[:6])
+    assert sum(counted) == 12
+
+
+def test_memory_is_bounded():
+    from sktransfer._cache import MemoryLRU
+
+    lru = MemoryLRU(max_bytes=3 * 400)
+    for i in range(5):
+        lru.put(i, np.zeros(100, np.float32))
+    assert lru.nbytes <= 1200 and list(lru.data) == [2, 3, 4]
+    lru.get(2)
+    lru.put(5, np.zeros(100, np.float32))
+    assert list(lru.data) == [4, 2, 5]
+
+
+def test_disk_cache_is_shared(digits, counted, tmp_path):
+    _, table, _ = digits
+    X = table[:12]
+    first = PretrainedFeatureExtractor(image_size=32, cache_dir=str(tmp_path)).fit(X).transform(X)
+    clear_cache()  # as in a fresh process
+    second = PretrainedFeatureExtractor(image_size=32, cache_dir=str(tmp_path)).fit(X).transform(X)
+    np.testing.assert_array_equal(first, second)
+    assert sum(counted) == 12
+    assert len(list(tmp_path.rglob("*.npy"))) == 12
+
+
+def test_grid_search_passes_over_the_data_about_once(digits, counted):
+    _, table, y = digits
+    X, y = table[:100], y[:100]
+    grid = GridSearchCV(
+        make_pipeline(PretrainedFeatureExtractor(image_size=32, layer="stage4"), LogisticRegression(max_iter=300)),
+        {"logisticregression__C": [0.1, 1.0, 10.0]}, cv=3,
+    ).fit(X, y)
+    assert grid.best_score_ > 0.3
+    # without the cache: 3 C x 3 folds x (fit + score) + refit = 21 passes' worth of images
+    assert sum(counted) <= 1.5 * len(X)
