@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._device import autocast
 from ._preprocessing import prepare_batch
 
 PREPARED_CACHE_BYTES = 2 * 2**30
@@ -57,3 +58,28 @@ def batch_indices(n, batch_size, rng=None):
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         del bounds[-2]
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def frozen_features(net, data, device, batch_size):
+    """Pooled backbone features of every image, computed once (eval mode), on the CPU."""
+    net.backbone.eval()
+    out = []
+    with torch.no_grad(), autocast(device):  # not inference_mode: the head trains on these
+        for start in range(0, len(data), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(data)))
+            out.append(net.features(data.batch(idx)).float().cpu())
+    return torch.cat(out)
+
+
+class FeatureData:
+    """Precomputed features served in batches, like :class:`PreparedImages`."""
+
+    def __init__(self, features, device):
+        self.features = features
+        self.device = device
+
+    def __len__(self):
+        return len(self.features)
+
+    def batch(self, indices):
+        return self.features[torch.from_numpy(np.asarray(indices))].to(self.device, non_blocking=True)

@@ -17,13 +17,13 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._augment import resolve_augment
 from ._backbones import DEFAULT_BACKBONE, load_backbone
-from ._data import PreparedImages
+from ._data import FeatureData, PreparedImages, frozen_features
 from ._device import autocast, cpu_copy, cpu_state, module_device, resolve_device
 from ._extraction import batch_invariant
 from ._extractor import DOCS_URL, check_positive_int
 from ._freezing import check_freeze_depth, freeze
 from ._inputs import as_images, check_pixel_range, learn_pixel_range
-from ._network import TransferNet
+from ._network import HeadOnly, TransferNet
 from ._pooling import check_pooling, pool
 from ._preprocessing import prepare_batch
 from ._progress import progress_bar
@@ -457,9 +457,15 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 penalty = WeightPenalty(
                     net, self.reg_lambda, self.regularization, self._anchor_state() if needs_anchor else None
                 )
+                run_net, run_data = net, data
+                if n_frozen == n_stages and resolve_augment(self.augment) is None:
+                    # frozen prefix: the whole backbone sees no augmentation, so its
+                    # pooled output is computed once and only the head trains
+                    run_net = HeadOnly(net)
+                    run_data = FeatureData(frozen_features(net, data, device, self.batch_size), device)
                 stopped = self._run_epochs(
-                    data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty, epochs, phase,
-                    device, rng,
+                    run_data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty, epochs, phase,
+                    device, rng, net=run_net,
                 )
                 if stopped:
                     break
@@ -497,8 +503,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return np.sort(train_idx), np.sort(valid_idx)
 
     def _run_epochs(self, data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty,
-                    epochs, phase, device, rng):
+                    epochs, phase, device, rng, net=None):
         """Run epochs; returns True when early stopping ended training."""
+        net = self.net_ if net is None else net
         augment = resolve_augment(self.augment)
         loss_fn = self._loss
         no_improve = 0
@@ -509,13 +516,13 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             ) as bar:
                 lr = current_lr(optimizer)
                 train_loss = run_epoch(
-                    self.net_, data, train_idx, y_enc, w, optimizer, scheduler, penalty, loss_fn,
+                    net, data, train_idx, y_enc, w, optimizer, scheduler, penalty, loss_fn,
                     augment, device, self.batch_size, rng, bar,
                 )
                 valid_loss = valid_score = None
                 if valid_idx is not None:
                     valid_loss, valid_score = evaluate(
-                        self.net_, data, valid_idx, y_enc, w, loss_fn, device, self.batch_size
+                        net, data, valid_idx, y_enc, w, loss_fn, device, self.batch_size
                     )
                     if bar is not None:
                         bar.set_postfix(loss=f"{train_loss:.4f}", valid_loss=f"{valid_loss:.4f}",

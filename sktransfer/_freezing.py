@@ -59,7 +59,9 @@ def _frozen_modules(net):
 def train_mode(net):
     """``net.train()`` but frozen BatchNorm layers (and a fully frozen backbone) stay in eval mode."""
     net.train()
-    backbone = net.backbone
+    backbone = getattr(net, "backbone", None)
+    if backbone is None:  # a head on precomputed features
+        return
     if all(not p.requires_grad for p in backbone.parameters()):
         backbone.eval()
         return

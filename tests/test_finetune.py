@@ -381,3 +381,26 @@ def test_unfitted_estimator_as_backbone_says_how_to_keep_weights(data):
     target = clone(FineTuneClassifier(backbone=source, **FAST))  # clone drops the source's weights
     with pytest.raises(ValueError, match="export_backbone"):
         target.fit(X, y)
+
+
+def test_frozen_backbone_features_are_computed_once(data, monkeypatch):
+    """freeze_depth='all' without augmentation trains the head on features computed once."""
+    import sktransfer._finetune as mod
+
+    X, y = data
+    calls = []
+    original = mod.frozen_features
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "frozen_features", spy)
+    kw = dict(freeze_depth="all", max_epochs=3, **FAST)
+    fast = FineTuneClassifier(augment=False, **kw).fit(X, y)
+    assert calls == [1]
+    # same training as running the frozen backbone in every step
+    slow = FineTuneClassifier(augment=lambda batch: batch, **kw).fit(X, y)
+    assert calls == [1]
+    np.testing.assert_allclose(fast.predict_proba(X), slow.predict_proba(X), rtol=1e-4, atol=1e-5)
+    assert [h["train_loss"] for h in fast.history_] == pytest.approx([h["train_loss"] for h in slow.history_], rel=1e-4)
