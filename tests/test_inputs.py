@@ -72,7 +72,7 @@ def test_files_are_decoded_lazily_batch_by_batch(extractor, rgb, tmp_path, monke
     for i in range(7):
         paths.append(str(tmp_path / f"{i}.png"))
         Image.fromarray(rgb[i % 4]).save(paths[-1])
-    live, peak = [0], [0]
+    peak = [0]
     original = _inputs.ListSource.batch
 
     def counting(self, indices):
