@@ -161,7 +161,7 @@ def _input_of_last_linear(model, x):
 
 
 class _Stop(Exception):
-    pass
+    """Raised from a hook to end a forward pass early, once its output is captured."""
 
 
 # ---------------------------------------------------------------------------

@@ -9,16 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._backbones import _Stop
 from ._device import autocast
 from ._pooling import pool
 from ._preprocessing import prepare_batch
 
 EMBEDDING = "embedding"
 LOGITS = "logits"
-
-
-class _Stop(Exception):
-    """Raised from a hook once every requested layer has been seen."""
 
 
 def resolve_layers(backbone, layer):
