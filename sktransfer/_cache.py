@@ -70,10 +70,6 @@ class MemoryLRU:
 _MEMORY = MemoryLRU()
 
 
-def memory_cache():
-    return _MEMORY
-
-
 def clear_cache():
     """Empty this process's in-memory embedding cache.
 

@@ -213,7 +213,8 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
         self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
         self.n_features_out_ = sum(self.layer_widths_)
-        self._cache_setting = self._setting_digest() if self.cache else None
+        # at fit, so that transform leaves the estimator's __dict__ as it is
+        self._cache_setting = self._setting_digest()
         return self
 
     def _setting_digest(self):
@@ -242,8 +243,6 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         with progress_bar(self.verbose, len(source), "embedding", unit="img") as bar:
             if not self.cache:
                 return self._run(source, bar)
-            if getattr(self, "_cache_setting", None) is None:
-                self._cache_setting = self._setting_digest()
             return cached_transform(
                 source, self._cache_setting, lambda subset: self._run(subset, bar),
                 self.cache_max_bytes, self.cache_dir,

@@ -385,7 +385,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     self.net_, self.optimizer, self.lr, self.weight_decay,
                     self.backbone_lr_scale, self.layer_decay,
                 )
-            penalty = WeightPenalty(self.net_, self.reg_lambda, self.regularization, self._anchor_state())
+            penalty = self._penalty()
             self._run_epochs(
                 data, np.arange(len(source)), None, y_enc, w, self._partial_optimizer, None,
                 penalty, 1, "partial_fit", device, rng,
@@ -414,7 +414,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
         self.n_frozen_stages_ = check_freeze_depth(self.freeze_depth, len(backbone.stages))
-        self._pretrained = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
+        # the pretrained weights are kept during fit only when L2-SP or fusion needs them
+        self._pretrained = _state_copy(backbone.model) if self._needs_anchor() else None
         size = self.preprocessing_.image_size
         backbone.eval()
         with torch.inference_mode():
@@ -424,12 +425,22 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.net_ = net.to(device)
         self._partial_optimizer = None
 
+    def _uses_l2sp(self):
+        return self.reg_lambda > 0 and self.regularization == "l2sp"
+
+    def _needs_anchor(self):
+        return self._uses_l2sp() or self.fusion_alpha < 1.0
+
     def _anchor_state(self):
         """Pretrained backbone weights (reloaded after unpickling; never pickled)."""
         if getattr(self, "_pretrained", None) is None:
-            fresh = load_backbone(self.backbone, self.weights, self.preprocessing)
-            self._pretrained = {k: v.detach().clone() for k, v in fresh.model.state_dict().items()}
+            self._pretrained = _state_copy(load_backbone(self.backbone, self.weights, self.preprocessing).model)
         return self._pretrained
+
+    def _penalty(self):
+        """The backbone penalty over the currently trainable weights."""
+        anchor = self._anchor_state() if self._uses_l2sp() else None
+        return WeightPenalty(self.net_, self.reg_lambda, self.regularization, anchor)
 
     def _train(self, source, y_enc, w, rng, device):
         n = len(source)
@@ -452,10 +463,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                     net, self.optimizer, self.lr, self.weight_decay, self.backbone_lr_scale, self.layer_decay
                 )
                 scheduler = make_scheduler(optimizer, self.lr_schedule, epochs * steps)
-                needs_anchor = self.reg_lambda > 0 and self.regularization == "l2sp"
-                penalty = WeightPenalty(
-                    net, self.reg_lambda, self.regularization, self._anchor_state() if needs_anchor else None
-                )
+                penalty = self._penalty()
                 run_net, run_data = net, data
                 if n_frozen == n_stages and resolve_augment(self.augment) is None:
                     # frozen prefix: the whole backbone sees no augmentation, so its
@@ -647,6 +655,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
 
     _doc_link_template = DOCS_URL
     _doc_link_module = "sktransfer"
+
+
+def _state_copy(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class _seeded:
