@@ -3,9 +3,11 @@
 Part A (accuracy, defaults + random_state): load_digits (70/30 stratified split, image_size=64)
 and a second real image set (crops of scikit-image photographs, labelled by photograph).
 Part B (vs skorch): the same EfficientNet-Lite0 backbone, data, epochs, batch size, optimizer
-and learning rate, with a frozen backbone and with full fine-tuning. Usage::
+and learning rate, with a frozen backbone and with full fine-tuning.
+Part C (partial freezing): the first k stages frozen, no augmentation: sktransfer computing
+the frozen prefix once, sktransfer running it every step, and skorch with a Freezer. Usage::
 
-    python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-skorch]
+    python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-skorch] [--skip-prefix]
 """
 
 import argparse
@@ -131,11 +133,47 @@ def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64):
         print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
 
 
+def prefix_side_by_side(epochs, depths=(3, 5), batch_size=32, lr=1e-3, image_size=64):
+    from skorch import NeuralNetClassifier
+    from skorch.callbacks import Freezer
+
+    Xtr, Xte, ytr, yte = digits()
+    backbone = load_backbone("efficientnet_lite0", weights=None)
+    spec = backbone.preprocessing.replace(image_size=image_size)
+    ready = lambda X: prepare_batch(  # noqa: E731
+        torch.tensor(X.reshape(-1, 1, 8, 8) / 16.0, dtype=torch.float32), spec, torch.device("cpu")).numpy()
+    rows = []
+    for k in depths:
+        frozen = {"backbone." + p for _, params in backbone.stages[:k] for p in params}
+        kw = dict(freeze_depth=k, max_epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule="constant",
+                  dropout=0.0, weight_decay=0.01, image_size=image_size, random_state=0)
+        for label, augment in (("frozen prefix computed once", False),
+                               ("frozen stages run every step", lambda batch: batch)):
+            ours = FineTuneClassifier(augment=augment, **kw)
+            (_, t) = timed(lambda: ours.fit(Xtr, ytr))
+            rows.append((f"sktransfer, freeze_depth={k}, {label}", ours.score(Xte, yte), t))
+        torch.manual_seed(0)
+        net = NeuralNetClassifier(
+            LiteNet, module__n_classes=10, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.AdamW,
+            lr=lr, max_epochs=epochs, batch_size=batch_size, train_split=None, verbose=0,
+            callbacks=[Freezer(lambda name, frozen=frozen: name in frozen)], iterator_train__shuffle=True,
+        )
+        (_, t) = timed(lambda: net.fit(ready(Xtr), ytr.astype(np.int64)))
+        rows.append((f"skorch, Freezer on the same {k} stages", float((net.predict(ready(Xte)) == yte).mean()), t))
+    print(f"\nPartial freezing: digits 70/30, image_size={image_size}, {epochs} epochs, batch {batch_size}, "
+          f"AdamW lr={lr}, constant lr, no augmentation\n")
+    print("| run | test accuracy | fit seconds |")
+    print("|---|---:|---:|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-skorch", action="store_true")
+    parser.add_argument("--skip-prefix", action="store_true")
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     if not args.skip_accuracy:
@@ -143,6 +181,8 @@ def main():
         accuracy_table("scikit-image photograph crops (8 classes)", photo_crops(), 64)
     if not args.skip_skorch:
         skorch_side_by_side(args.epochs)
+    if not args.skip_prefix:
+        prefix_side_by_side(args.epochs)
 
 
 if __name__ == "__main__":

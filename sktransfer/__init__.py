@@ -7,6 +7,7 @@ from ._extractor import PretrainedFeatureExtractor
 from ._finetune import FineTuneClassifier
 from ._history import TrainingHistoryDisplay
 from ._network import TransferNet
+from ._persistence import load
 from ._preprocessing import Preprocessing
 from ._weights import WeightsNotFoundError
 
@@ -15,14 +16,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "FineTuneClassifier",
-    "PretrainedFeatureExtractor",
     "Preprocessing",
+    "PretrainedFeatureExtractor",
     "RandomAffine",
     "TrainingHistoryDisplay",
     "TransferNet",
     "WeightsNotFoundError",
+    "__version__",
     "cache_info",
     "clear_cache",
+    "load",
     "load_backbone",
-    "__version__",
 ]

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ._device import autocast
+from ._loader import prepared_batches
 from ._preprocessing import prepare_batch
 
 PREPARED_CACHE_BYTES = 2 * 2**30
@@ -15,11 +16,12 @@ class PreparedImages:
     """Normalised backbone inputs for an :class:`ImageSource`.
 
     When all images, resized, fit in ``PREPARED_CACHE_BYTES`` they are prepared
-    once (CPU, float32) and epochs only index them; otherwise each batch is
-    decoded and resized when asked for.
+    once (CPU, float32; image files decoded in ``num_workers`` processes) and
+    epochs only index them; otherwise each batch is decoded and resized when
+    asked for.
     """
 
-    def __init__(self, source, spec, device, channels_last):
+    def __init__(self, source, spec, device, channels_last, num_workers=0):
         self.source = source
         self.spec = spec
         self.device = device
@@ -27,12 +29,9 @@ class PreparedImages:
         size = spec.image_size
         self.cache = None
         if len(source) * 3 * size * size * 4 <= PREPARED_CACHE_BYTES:
-            cpu = torch.device("cpu")
-            parts = [
-                prepare_batch(source.batch(slice(i, i + 256)), spec, cpu)
-                for i in range(0, len(source), 256)
-            ]
-            self.cache = torch.cat(parts)
+            batches = prepared_batches(source, spec, 256, torch.device("cpu"), num_workers=num_workers)
+            parts = [x for _, _, x in batches]
+            self.cache = _pinned(torch.cat(parts), device)
 
     def __len__(self):
         return len(self.source)
@@ -60,19 +59,24 @@ def batch_indices(n, batch_size, rng=None):
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def frozen_features(net, data, device, batch_size):
-    """Pooled backbone features of every image, computed once (eval mode), on the CPU."""
-    net.backbone.eval()
+def precompute(fn, net, data, device, batch_size):
+    """``fn`` applied to every prepared image once, ``net`` in eval mode, kept on the CPU."""
+    net.eval()
     out = []
     with torch.no_grad(), autocast(device):  # not inference_mode: the head trains on these
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
-            out.append(net.features(data.batch(idx)).float().cpu())
-    return torch.cat(out)
+            out.append(fn(data.batch(idx)).float().cpu())
+    return _pinned(torch.cat(out), device)
+
+
+def _pinned(tensor, device):
+    """Page-locked host memory when batches go to a GPU (asynchronous copies)."""
+    return tensor.pin_memory() if device.type == "cuda" else tensor
 
 
 class FeatureData:
-    """Precomputed features served in batches, like :class:`PreparedImages`."""
+    """Precomputed features (or activations) served in batches, like :class:`PreparedImages`."""
 
     def __init__(self, features, device):
         self.features = features

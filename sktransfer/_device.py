@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 import copy
 
 import torch
@@ -62,3 +63,38 @@ def cpu_state(state, module_attrs):
         if isinstance(module, torch.nn.Module) and module_device(module).type != "cpu":
             state[name] = cpu_copy(module)
     return state
+
+
+OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+
+
+class HalvingOnOOM:
+    """Call ``fn`` on a batch; when the device runs out of memory, retry in halves.
+
+    The smaller size is kept for the following batches of the same pass, and
+    one warning says so. A batch of one that does not fit re-raises the error.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.limit = None
+
+    def __call__(self, x):
+        while True:
+            limit = min(self.limit or len(x), len(x))
+            try:
+                if limit >= len(x):
+                    return self.fn(x)
+                return torch.cat([self.fn(x[i:i + limit]) for i in range(0, len(x), limit)])
+            except OUT_OF_MEMORY:
+                if limit <= 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if self.limit is None:
+                    warnings.warn(
+                        f"Out of device memory at a batch of {limit} images; retrying with batches "
+                        f"of {limit // 2}. Pass a smaller batch_size to avoid the retry.",
+                        RuntimeWarning, stacklevel=2,
+                    )
+                self.limit = limit // 2

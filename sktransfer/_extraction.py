@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ._backbones import _Stop
-from ._device import autocast
+from ._device import HalvingOnOOM, autocast
+from ._loader import prepared_batches
 from ._pooling import pool
-from ._preprocessing import prepare_batch
 
 EMBEDDING = "embedding"
 LOGITS = "logits"
@@ -157,24 +157,23 @@ def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
 
 
 def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_last=True,
-            progress=None, runner=None):
+            progress=None, runner=None, num_workers=0):
     """Embeddings of every image in ``source`` as a float32 numpy array.
 
-    ``runner`` replaces the eager forward (e.g. the module of :func:`optimize_for_cpu`).
+    ``runner`` replaces the eager forward (e.g. the module of :func:`optimize_for_cpu`);
+    ``num_workers`` worker processes decode image files (see :mod:`._loader`).
     """
     if runner is None:
         def runner(b):
             return forward_layers(backbone, b, plan, pooling)
-    n = len(source)
     out = None
+    run = HalvingOnOOM(lambda b: batch_invariant(runner, b))
     with torch.inference_mode(), autocast(device):
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            x = prepare_batch(source.batch(slice(start, stop)), spec, device, channels_last)
-            feats = batch_invariant(runner, x)
+        for start, stop, x in prepared_batches(source, spec, batch_size, device, channels_last, num_workers):
+            feats = run(x)
             feats = feats.float().cpu().numpy()
             if out is None:
-                out = np.empty((n, feats.shape[1]), dtype=np.float32)
+                out = np.empty((len(source), feats.shape[1]), dtype=np.float32)
             out[start:stop] = feats
             if progress is not None:
                 progress.update(stop - start)

@@ -16,6 +16,8 @@ from ._cache import DEFAULT_MAX_BYTES, cached_transform, weights_digest
 from ._device import cpu_state, module_device, resolve_device
 from ._extraction import extract, optimize_for_cpu, resolve_layers
 from ._inputs import ArraySource, as_images, check_pixel_range, learn_pixel_range
+from ._loader import check_num_workers, resolve_num_workers
+from ._persistence import SaveMixin
 from ._pooling import check_pooling
 from ._progress import progress_bar
 
@@ -30,7 +32,7 @@ def check_positive_int(value, name, allow_none=False):
         raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
 
 
-class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
+class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     """Embeddings from a frozen pretrained CNN, as a scikit-learn transformer.
 
     ``fit`` loads the backbone (nothing is learned from the images except the
@@ -78,6 +80,13 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         of images.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
+    num_workers : "auto" or int, default="auto"
+        Worker processes (``torch.utils.data.DataLoader``) that decode and
+        resize image files while the network runs. ``"auto"``: for lists of
+        more than one batch of paths on machines with at least 4 cores, half
+        the cores (at most 4); otherwise 0, which decodes in the main process
+        (on 2 cores a worker only competes with the network for them). Arrays
+        are never sent to workers.
     optimize : "auto", bool, default="auto"
         On the CPU, run a traced, frozen and ``optimize_for_inference`` copy of
         the network (BatchNorm folded into convolutions, fused oneDNN kernels;
@@ -151,6 +160,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         preprocessing=None,
         batch_size=64,
         device="auto",
+        num_workers="auto",
         optimize="auto",
         cache=True,
         cache_dir=None,
@@ -167,6 +177,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.device = device
+        self.num_workers = num_workers
         self.optimize = optimize
         self.cache = cache
         self.cache_dir = cache_dir
@@ -180,6 +191,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         check_positive_int(self.image_size, "image_size", allow_none=True)
         check_pixel_range(self.pixel_range)
         resolve_device(self.device)
+        check_num_workers(self.num_workers)
         check_positive_int(self.cache_max_bytes, "cache_max_bytes")
         if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
             raise TypeError(f"cache_dir must be None or a folder path, got {type(self.cache_dir).__name__}.")
@@ -258,6 +270,7 @@ class PretrainedFeatureExtractor(TransformerMixin, BaseEstimator):
         return extract(
             self.backbone_, source, layers or self.layers_, self.pooling, self.preprocessing_,
             device, self.batch_size, channels_last=True, progress=bar, runner=runner,
+            num_workers=resolve_num_workers(self.num_workers, source, self.batch_size),
         )
 
     def _wants_optimized(self, device, n_images):

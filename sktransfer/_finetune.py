@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -16,14 +17,18 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._augment import resolve_augment
 from ._backbones import DEFAULT_BACKBONE, load_backbone
-from ._data import FeatureData, PreparedImages, frozen_features
-from ._device import autocast, cpu_copy, cpu_state, module_device, resolve_device
+from ._checkpoint import Checkpointer, run_digest
+from ._data import PreparedImages
+from ._device import HalvingOnOOM, autocast, cpu_copy, cpu_state, module_device, resolve_device
 from ._extraction import batch_invariant
 from ._extractor import DOCS_URL, check_positive_int
 from ._freezing import check_freeze_depth, freeze
 from ._inputs import as_images, check_pixel_range, learn_pixel_range
-from ._network import HeadOnly, TransferNet
+from ._loader import check_num_workers, prepared_batches, resolve_num_workers
+from ._network import TransferNet
+from ._persistence import SaveMixin
 from ._pooling import check_pooling, pool
+from ._prefix import frozen_prefix
 from ._preprocessing import prepare_batch
 from ._progress import progress_bar
 from ._regularization import WeightPenalty, check_regularization
@@ -40,7 +45,7 @@ from ._training import (
 )
 
 
-class FineTuneClassifier(ClassifierMixin, BaseEstimator):
+class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained CNN end to end behind the scikit-learn classifier API.
 
     The network is the pretrained backbone (its own classifier dropped), a
@@ -125,6 +130,17 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         As for :class:`PretrainedFeatureExtractor`.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"``: CUDA with bf16 autocast and channels_last when present.
+    num_workers : "auto" or int, default="auto"
+        Worker processes decoding image files (see
+        :class:`PretrainedFeatureExtractor`).
+    checkpoint_dir : str, path or None, default=None
+        Folder where every finished epoch rewrites a checkpoint of the run
+        (safe format, see :meth:`save`): weights, optimizer moments, schedule
+        position, random generators and early-stopping state. A fit with
+        ``warm_start=True`` and the same parameters and data resumes an
+        unfinished run from it exactly where it stopped (a killed process, a
+        lost machine). Files are named by a digest of the parameters and the
+        data, so grid-search folds never mix.
     random_state : int, RandomState or None, default=None
         Seeds head initialisation, shuffling, dropout, augmentation and the
         validation split: two CPU fits with the same seed predict identically.
@@ -197,6 +213,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         pixel_range="auto",
         preprocessing=None,
         device="auto",
+        num_workers="auto",
+        checkpoint_dir=None,
         random_state=None,
         verbose=0,
         warm_start=False,
@@ -229,6 +247,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.pixel_range = pixel_range
         self.preprocessing = preprocessing
         self.device = device
+        self.num_workers = num_workers
+        self.checkpoint_dir = checkpoint_dir
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
@@ -247,6 +267,11 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         check_pixel_range(self.pixel_range)
         resolve_augment(self.augment)
         resolve_device(self.device)
+        check_num_workers(self.num_workers)
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"checkpoint_dir must be None or a folder path, got {type(self.checkpoint_dir).__name__}."
+            )
         for name, lo, hi, lo_open, hi_open in [
             ("lr", 0, np.inf, True, True),
             ("backbone_lr_scale", 0, np.inf, False, True),
@@ -330,13 +355,29 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
+        checkpointer = resume = None
+        if self.checkpoint_dir is not None:
+            checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w))
+            if self.warm_start and not continuing:
+                resume = checkpointer.load()
         with _seeded(seed, device):
-            if not continuing:
+            if resume is not None:
+                self._adopt(resume.estimator)
+                self.net_.to(device)
+            elif not continuing:
                 self._build(device)
             else:
                 self.net_.to(device)
-            self._train(source, y_enc, w, rng, device)
+            self._train(source, y_enc, w, rng, device, checkpointer, resume)
         return self
+
+    def _adopt(self, fitted):
+        """Take the fitted attributes of a checkpoint's estimator."""
+        for key, value in vars(fitted).items():
+            if key.endswith("_") and not key.startswith("_"):
+                setattr(self, key, value)
+        self._pretrained = None
+        self._partial_optimizer = None
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Train one more epoch (the first call needs ``classes``).
@@ -378,7 +419,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             if first:
                 self._build(device)
             self.net_.to(device)
-            data = PreparedImages(source, self.preprocessing_, device, device.type == "cuda")
+            data = self._prepared(source, device)
             if getattr(self, "_partial_optimizer", None) is None:
                 freeze(self.net_, self.n_frozen_stages_)
                 self._partial_optimizer = make_optimizer(
@@ -425,6 +466,10 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.net_ = net.to(device)
         self._partial_optimizer = None
 
+    def _prepared(self, source, device):
+        workers = resolve_num_workers(self.num_workers, source, self.batch_size)
+        return PreparedImages(source, self.preprocessing_, device, device.type == "cuda", workers)
+
     def _uses_l2sp(self):
         return self.reg_lambda > 0 and self.regularization == "l2sp"
 
@@ -442,40 +487,60 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         anchor = self._anchor_state() if self._uses_l2sp() else None
         return WeightPenalty(self.net_, self.reg_lambda, self.regularization, anchor)
 
-    def _train(self, source, y_enc, w, rng, device):
+    def _train(self, source, y_enc, w, rng, device, checkpointer=None, resume=None):
         n = len(source)
         train_idx, valid_idx = np.arange(n), None
-        if self.early_stopping:
+        if resume is not None:
+            train_idx, valid_idx = resume.train_idx, resume.valid_idx
+        elif self.early_stopping:
             train_idx, valid_idx = self._split(y_enc, rng)
-        data = PreparedImages(source, self.preprocessing_, device, device.type == "cuda")
+        data = self._prepared(source, device)
         net = self.net_
         steps = max(1, -(-len(train_idx) // self.batch_size))
-        self._best = None
+        self._best = None if resume is None else resume.best()
         n_stages = len(net.backbone.stages)
         phases = []
         if self.linear_probe_epochs:
             phases.append(("linear_probe", n_stages, self.linear_probe_epochs))
         phases.append(("fine_tune", self.n_frozen_stages_, self.max_epochs))
+        finished = False
         try:
-            for phase, n_frozen, epochs in phases:
+            for index, (phase, n_frozen, epochs) in enumerate(phases):
+                done = no_improve = 0
+                if resume is not None and index < resume.phase:
+                    continue
+                if resume is not None and index == resume.phase:
+                    done, no_improve = resume.epochs_done, resume.no_improve
                 freeze(net, n_frozen)
                 optimizer = make_optimizer(
                     net, self.optimizer, self.lr, self.weight_decay, self.backbone_lr_scale, self.layer_decay
                 )
                 scheduler = make_scheduler(optimizer, self.lr_schedule, epochs * steps)
                 penalty = self._penalty()
+                if resume is not None and index == resume.phase:
+                    resume.restore_training(optimizer, scheduler, rng, device)
+                on_epoch = None
+                if checkpointer is not None:
+                    def on_epoch(count, no_improve, index=index, done=done, optimizer=optimizer,
+                                 scheduler=scheduler):
+                        checkpointer.save(
+                            self, phase=index, epochs_done=done + count, optimizer=optimizer,
+                            scheduler=scheduler, rng=rng, device=device, best=self._best,
+                            no_improve=no_improve, train_idx=train_idx, valid_idx=valid_idx,
+                        )
                 run_net, run_data = net, data
-                if n_frozen == n_stages and resolve_augment(self.augment) is None:
-                    # frozen prefix: the whole backbone sees no augmentation, so its
-                    # pooled output is computed once and only the head trains
-                    run_net = HeadOnly(net)
-                    run_data = FeatureData(frozen_features(net, data, device, self.batch_size), device)
+                if resolve_augment(self.augment) is None:
+                    # the frozen stages see no augmentation: their output is computed once
+                    run_net, run_data = frozen_prefix(
+                        net, data, n_frozen, device, self.batch_size, data.batch(np.arange(min(2, n)))
+                    )
                 stopped = self._run_epochs(
-                    run_data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty, epochs, phase,
-                    device, rng, net=run_net,
+                    run_data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty, epochs - done,
+                    phase, device, rng, net=run_net, no_improve=no_improve, on_epoch=on_epoch,
                 )
                 if stopped:
                     break
+            finished = True
         except KeyboardInterrupt:
             warnings.warn(
                 "fit was interrupted (KeyboardInterrupt); the estimator keeps the "
@@ -492,6 +557,8 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             self._fuse(self.fusion_alpha)
         self.n_epochs_ = len(self.history_)
         net.eval()
+        if checkpointer is not None and finished:
+            checkpointer.finish(self)
 
     def _split(self, y_enc, rng):
         n = len(y_enc)
@@ -510,13 +577,15 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         return np.sort(train_idx), np.sort(valid_idx)
 
     def _run_epochs(self, data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty,
-                    epochs, phase, device, rng, net=None):
-        """Run epochs; returns True when early stopping ended training."""
+                    epochs, phase, device, rng, net=None, no_improve=0, on_epoch=None):
+        """Run epochs; returns True when early stopping ended training.
+
+        ``on_epoch(count, no_improve)`` is called after each epoch (checkpoints).
+        """
         net = self.net_ if net is None else net
         augment = resolve_augment(self.augment)
         loss_fn = self._loss
-        no_improve = 0
-        for _ in range(epochs):
+        for count in range(1, epochs + 1):
             epoch = len(self.history_)
             with EpochTimer() as timer, progress_bar(
                 self.verbose, len(train_idx), f"epoch {epoch + 1} ({phase})", unit="img"
@@ -538,16 +607,17 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
                 "epoch": epoch, "phase": phase, "train_loss": train_loss, "valid_loss": valid_loss,
                 "valid_score": valid_score, "lr": lr, "penalty": penalty.value(), "seconds": timer.seconds,
             })
-            if valid_idx is None:
-                continue
-            if self._best is None or valid_loss < self._best[2]:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in self.net_.state_dict().items()}
-                self._best = (epoch, state, valid_loss)
-                no_improve = 0
-            else:
-                no_improve += 1
-                if no_improve >= self.n_iter_no_change:
-                    return True
+            if valid_idx is not None:
+                if self._best is None or valid_loss < self._best[2]:
+                    state = {k: v.detach().to("cpu", copy=True) for k, v in self.net_.state_dict().items()}
+                    self._best = (epoch, state, valid_loss)
+                    no_improve = 0
+                else:
+                    no_improve += 1
+            if on_epoch is not None:
+                on_epoch(count, no_improve)
+            if valid_idx is not None and no_improve >= self.n_iter_no_change:
+                return True
         return False
 
     def _loss(self, logits, target, weight):
@@ -571,15 +641,13 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         if module_device(net) != device:
             net.to(device)
         net.eval()
-        channels_last = device.type == "cuda"
-        outs = []
+        workers = resolve_num_workers(self.num_workers, source, self.batch_size)
+        batches = prepared_batches(
+            source, self.preprocessing_, self.batch_size, device, device.type == "cuda", workers
+        )
+        run = HalvingOnOOM(lambda b: batch_invariant(net, b))
         with torch.inference_mode(), autocast(device):
-            for start in range(0, len(source), self.batch_size):
-                x = prepare_batch(
-                    source.batch(slice(start, start + self.batch_size)), self.preprocessing_, device, channels_last
-                )
-                outs.append(batch_invariant(net, x).float().cpu())
-        return torch.cat(outs)
+            return torch.cat([run(x).float().cpu() for _, _, x in batches])
 
     def decision_function(self, X):
         """Logits of the new head (binary: one column, positive class minus negative).

@@ -24,8 +24,8 @@ __all__ = [
     "WeightsNotFoundError",
     "embedded_lite0_state_dict",
     "load_state_dict_file",
-    "torchvision_checkpoint",
     "timm_checkpoint",
+    "torchvision_checkpoint",
 ]
 
 
@@ -90,7 +90,7 @@ def load_state_dict_file(path):
             f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)."
         )
     return OrderedDict(
-        (k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items()
+        (k.removeprefix("module."), v) for k, v in state.items()
     )
 
 

@@ -3,7 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from sktransfer import Backbone, PretrainedFeatureExtractor, WeightsNotFoundError, load_backbone
+from sktransfer import (
+    Backbone,
+    PretrainedFeatureExtractor,
+    WeightsNotFoundError,
+    load_backbone,
+)
 
 
 def test_embedded_weights_give_right_imagenet_classes(photos, empty_caches):

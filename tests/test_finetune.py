@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, TrainingHistoryDisplay, load_backbone
+from sktransfer import (
+    FineTuneClassifier,
+    PretrainedFeatureExtractor,
+    TrainingHistoryDisplay,
+    load_backbone,
+)
 
 FAST = dict(image_size=32, batch_size=16, random_state=0)
 
@@ -96,8 +101,8 @@ def test_penalty_value_is_lambda_half_squared_distance(pretrained):
 
 
 def test_optimizer_applies_no_decay_to_regularised_backbone(data):
-    from sktransfer._training import make_optimizer
     from sktransfer import TransferNet
+    from sktransfer._training import make_optimizer
 
     net = TransferNet(load_backbone("efficientnet_lite0", weights=None), 1280, 3)
     opt = make_optimizer(net, "adamw", 1e-3, 0.05, backbone_lr_scale=0.1, layer_decay=0.5)
@@ -383,24 +388,86 @@ def test_unfitted_estimator_as_backbone_says_how_to_keep_weights(data):
         target.fit(X, y)
 
 
-def test_frozen_backbone_features_are_computed_once(data, monkeypatch):
-    """freeze_depth='all' without augmentation trains the head on features computed once."""
-    import sktransfer._finetune as mod
+@pytest.mark.parametrize("freeze_depth", ["all", 3])
+def test_frozen_prefix_is_computed_once_and_trains_the_same(data, monkeypatch, freeze_depth):
+    """Frozen stages without augmentation run once per fit; training is unchanged."""
+    import sktransfer._prefix as mod
 
     X, y = data
     calls = []
-    original = mod.frozen_features
+    original = mod.precompute
 
     def spy(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(mod, "frozen_features", spy)
-    kw = dict(freeze_depth="all", max_epochs=3, **FAST)
+    monkeypatch.setattr(mod, "precompute", spy)
+    kw = dict(freeze_depth=freeze_depth, max_epochs=3, **FAST)
     fast = FineTuneClassifier(augment=False, **kw).fit(X, y)
     assert calls == [1]
-    # same training as running the frozen backbone in every step
+    # same training as running the frozen stages in every step
     slow = FineTuneClassifier(augment=lambda batch: batch, **kw).fit(X, y)
     assert calls == [1]
     np.testing.assert_allclose(fast.predict_proba(X), slow.predict_proba(X), rtol=1e-4, atol=1e-5)
     assert [h["train_loss"] for h in fast.history_] == pytest.approx([h["train_loss"] for h in slow.history_], rel=1e-4)
+    for a, b in zip(backbone_state(fast).values(), backbone_state(slow).values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_prefix_splits_lite0_at_every_stage_boundary():
+    from sktransfer._freezing import freeze
+    from sktransfer._network import TransferNet
+    from sktransfer._prefix import module_chain, split_chain
+
+    backbone = load_backbone("efficientnet_lite0")
+    probe = torch.randn(2, 3, 32, 32)
+    chain = module_chain(backbone, probe)
+    assert [name for name, _ in chain][:3] == ["conv_stem", "bn1", "blocks.0.0"]
+    net = TransferNet(backbone, 1280, 3)
+    splits = [split_chain(chain, freeze(net, k)) for k in range(1, 8)]
+    assert splits == sorted(set(splits))  # one boundary per stage, in order
+    for k, j in zip(range(1, 8), splits):
+        frozen = freeze(net, k)
+        prefix = {f"{name}.{p}" for name, m in chain[:j] for p, _ in m.named_parameters()}
+        assert prefix == {p for p in frozen if not p.startswith("classifier")}
+
+
+def test_frozen_prefix_falls_back_when_it_cannot_split(monkeypatch, data):
+    """A functional step between children, dropout in the prefix or a memory
+    budget too small: the full network runs in every step instead."""
+    import sktransfer._prefix as mod
+    from sktransfer._freezing import freeze
+    from sktransfer._network import TransferNet
+    from sktransfer._prefix import module_chain, split_chain
+
+    class Doubling(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 3)
+            self.b = torch.nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            return self.b(2 * self.a(x))
+
+    probe = torch.randn(2, 3, 16, 16)
+    assert module_chain(load_backbone(Doubling()), probe) is None
+
+    dropped = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.Dropout(0.5), torch.nn.Conv2d(4, 4, 3), torch.nn.Conv2d(4, 4, 3)
+    )
+    backbone = load_backbone(dropped)
+    chain = module_chain(backbone, probe)
+    assert [name for name, _ in chain] == ["0", "1", "2", "3"]
+    net = TransferNet(backbone, 4, 2)
+    assert split_chain(chain, freeze(net, 1)) == 1  # dropout after the boundary: fine
+    assert split_chain(chain, freeze(net, 2)) is None  # dropout inside the frozen prefix
+
+    X, y = data
+    calls = []
+    monkeypatch.setattr(mod, "PREFIX_CACHE_BYTES", 0)
+    monkeypatch.setattr(mod, "precompute", lambda *a, **k: calls.append(1))
+    kw = dict(freeze_depth=3, max_epochs=1, **FAST)
+    clf = FineTuneClassifier(augment=False, **kw).fit(X, y)
+    assert calls == []
+    per_step = FineTuneClassifier(augment=lambda batch: batch, **kw).fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), per_step.predict_proba(X))

@@ -1,0 +1,93 @@
+"""Prepared input batches, decoded in DataLoader worker processes for files.
+
+Arrays need no decoding and are prepared in the main process, a batch at a
+time. Files are decoded, converted and resized one at a time, in the main
+process or in ``torch.utils.data.DataLoader`` workers while the main process
+runs the network on the previous batches; only ``prefetch_factor`` batches per
+worker are in flight, so memory does not grow with the number of files.
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ._preprocessing import prepare_batch
+
+MAX_AUTO_WORKERS = 4
+
+
+def check_num_workers(num_workers):
+    if isinstance(num_workers, str) and num_workers == "auto":
+        return num_workers
+    if isinstance(num_workers, bool) or not isinstance(num_workers, Integral) or num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 'auto' or an int >= 0 (worker processes decoding image files; "
+            f"0 decodes in the main process), got {num_workers!r}."
+        )
+    return int(num_workers)
+
+
+def decodes_files(source):
+    """True when ``source`` (or the subset it views) holds file paths."""
+    source = getattr(source, "source", source)  # a cache's SubsetSource
+    items = getattr(source, "items", None)
+    return items is not None and any(isinstance(it, (str, os.PathLike)) for it in items)
+
+
+def resolve_num_workers(num_workers, source, batch_size):
+    """``"auto"``: for more than one batch of files on a machine with at least 4 cores,
+    half the cores (at most ``MAX_AUTO_WORKERS``); otherwise 0.
+
+    On 2 cores a worker process (one thread) only competes with the network's
+    threads: measured slower than decoding in the main process (docs/benchmarks.md).
+    """
+    num_workers = check_num_workers(num_workers)
+    if num_workers != "auto":
+        return num_workers
+    cores = os.cpu_count() or 1
+    if not decodes_files(source) or len(source) <= batch_size or cores < 4:
+        return 0
+    return min(MAX_AUTO_WORKERS, cores // 2)
+
+
+class _PreparedItems(Dataset):
+    def __init__(self, source, spec):
+        self.source = source
+        self.spec = spec
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return prepare_batch(self.source.batch([i]), self.spec, torch.device("cpu"))[0]
+
+
+def prepared_batches(source, spec, batch_size, device, channels_last=False, num_workers=0):
+    """Yield ``(start, stop, x)``: the backbone input for ``source[start:stop]``, in order.
+
+    Files are decoded and resized one at a time (a batch of large photographs
+    never sits in memory at full size), in ``num_workers`` worker processes
+    when asked (the result equals preparing them in the main process).
+    """
+    n = len(source)
+    if num_workers == 0 and not decodes_files(source):
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            yield start, stop, prepare_batch(source.batch(slice(start, stop)), spec, device, channels_last)
+        return
+    loader = DataLoader(
+        _PreparedItems(source, spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=device.type == "cuda", prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator(),  # worker seeds must not draw from the global RNG (random_state)
+    )
+    start = 0
+    for x in loader:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield start, start + len(x), x
+        start += len(x)

@@ -1,0 +1,155 @@
+"""Frozen prefix: run the frozen stages once per fit, train only what follows.
+
+When the first ``k`` backbone stages are frozen and see no augmentation, their
+output for an image is the same in every epoch.  :func:`frozen_prefix` then
+computes it once and returns a network that starts from it:
+
+* all stages frozen: the pooled features (:class:`~sktransfer._network.HeadOnly`);
+* some stages frozen: the activation at the stage boundary, when the backbone
+  decomposes into a chain of modules there (:func:`module_chain`, verified on a
+  probe) and the activations fit in ``PREFIX_CACHE_BYTES``.
+
+Anything else keeps the ordinary path (the whole network in every step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._data import FeatureData, precompute
+from ._freezing import train_mode
+from ._network import HeadOnly
+from ._pooling import pool
+
+PREFIX_CACHE_BYTES = 2 * 2**30
+
+
+def module_chain(backbone, probe):
+    """Modules whose composition, in order, is ``backbone.forward_features``.
+
+    The model's direct children called by ``forward_features`` are recorded in
+    call order, ``nn.Sequential`` containers are expanded into their children,
+    and the composition is checked against ``forward_features`` on ``probe``
+    (eval mode).  Returns a list of ``(name, module)`` or ``None`` when the
+    forward pass is not such a chain (functional steps between modules, a
+    module called twice, skip connections across children...).
+    """
+    model = backbone.model
+    order = []
+    handles = [
+        child.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
+        for name, child in model.named_children()
+    ]
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            expected = backbone.forward_features(probe)
+        if not order or len(set(order)) != len(order):
+            return None
+        chain = _expand([(name, model.get_submodule(name)) for name in order])
+        with torch.no_grad():
+            x = probe
+            for _, module in chain:
+                x = module(x)
+        if not (isinstance(x, torch.Tensor) and x.shape == expected.shape and torch.equal(x, expected)):
+            return None
+        return chain
+    except Exception:  # noqa: BLE001 - any failure means "not a chain"
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+        backbone.train(was_training)
+
+
+def _expand(chain):
+    out = []
+    for name, module in chain:
+        if type(module).forward is nn.Sequential.forward and len(module):
+            out.extend(_expand([(f"{name}.{child}", m) for child, m in module.named_children()]))
+        else:
+            out.append((name, module))
+    return out
+
+
+def split_chain(chain, frozen):
+    """Index ``j`` such that ``chain[:j]`` holds only frozen parameters and the
+    rest none; ``None`` when no such boundary exists or a prefix module is random
+    in training mode (dropout), which a computed-once output would not be."""
+    owner = []
+    for name, module in chain:
+        names = {f"{name}.{p}" for p, _ in module.named_parameters()}
+        if not names:
+            owner.append(None)
+        elif names <= frozen:
+            owner.append(True)
+        elif names.isdisjoint(frozen):
+            owner.append(False)
+        else:
+            return None
+    trainable = [i for i, o in enumerate(owner) if o is False]
+    last_frozen = max((i for i, o in enumerate(owner) if o is True), default=-1)
+    j = last_frozen + 1
+    if last_frozen < 0 or (trainable and trainable[0] < j):
+        return None
+    if any(_is_random(m) for _, module in chain[:j] for m in module.modules()):
+        return None
+    return j
+
+
+def _is_random(module):
+    p = getattr(module, "p", None) if isinstance(module, nn.modules.dropout._DropoutNd) else None
+    p = getattr(module, "drop_prob", p)  # timm's DropPath
+    return bool(p)
+
+
+class SuffixNet(nn.Module):
+    """The trainable rest of a :class:`~sktransfer.TransferNet`, from a stage boundary."""
+
+    def __init__(self, net, modules):
+        super().__init__()
+        self.net = net
+        self.suffix = nn.Sequential(*modules)
+
+    def forward(self, x):
+        net = self.net
+        return net.head(net.dropout(pool(self.suffix(x), net.pooling)))
+
+    def train(self, mode=True):
+        # frozen BatchNorm layers stay in eval mode, as in the full network
+        if mode:
+            train_mode(self.net)
+        else:
+            self.net.eval()
+        self.training = mode
+        return self
+
+
+def frozen_prefix(net, data, n_frozen, device, batch_size, probe):
+    """``(network, data)`` to train on: the prefix computed once when it can be.
+
+    ``data`` serves prepared images; ``probe`` is one prepared input batch used
+    to verify the decomposition.  Returns ``(net, data)`` unchanged when the
+    frozen prefix cannot be computed once.
+    """
+    backbone = net.backbone
+    if n_frozen >= len(backbone.stages):
+        return HeadOnly(net), FeatureData(precompute(net.features, net, data, device, batch_size), device)
+    if n_frozen == 0:
+        return net, data
+    chain = module_chain(backbone, probe)
+    j = None if chain is None else split_chain(chain, net.frozen_parameters_)
+    if not j:
+        return net, data
+    prefix = nn.Sequential(*(m for _, m in chain[:j]))
+    with torch.no_grad():
+        backbone.eval()
+        width = math.prod(prefix(probe[:1]).shape[1:])
+    if len(data) * width * 4 > PREFIX_CACHE_BYTES:
+        return net, data
+    features = precompute(prefix, net, data, device, batch_size)
+    return SuffixNet(net, [m for _, m in chain[j:]]), FeatureData(features, device)

@@ -1,0 +1,82 @@
+"""Image files decoded in DataLoader workers: same result as in the main process."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
+from sktransfer._loader import resolve_num_workers
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory, photos):
+    """40 files of mixed sizes and modes (RGB, grey, RGBA) cut from real photographs."""
+    folder = tmp_path_factory.mktemp("images")
+    paths, labels = [], []
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        name = ["chelsea", "coffee", "rocket", "astronaut"][i % 4]
+        img = photos[name]
+        h, w = rng.integers(40, 90, size=2)
+        r, c = rng.integers(0, 200, size=2)
+        crop = Image.fromarray(img[r:r + h, c:c + w])
+        crop = crop.convert(["RGB", "L", "RGBA"][i % 3])
+        path = folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}"
+        (crop.convert("RGB") if path.suffix == ".jpg" else crop).save(path)
+        paths.append(str(path))
+        labels.append(i % 4)
+    return paths, np.array(labels)
+
+
+def test_workers_give_the_embeddings_of_the_main_process(image_files):
+    paths, _ = image_files
+    kw = dict(image_size=64, batch_size=8, cache=False)  # at 32 px the last layer is mostly zeros
+    main = PretrainedFeatureExtractor(num_workers=0, **kw).fit(paths).transform(paths)
+    workers = PretrainedFeatureExtractor(num_workers=2, **kw).fit(paths).transform(paths)
+    np.testing.assert_array_equal(workers, main)
+    # and the embeddings are not all alike: the files were decoded, in order
+    assert np.corrcoef(main)[0, 1:].min() < 0.99
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths[:5]]
+    in_memory = PretrainedFeatureExtractor(**kw).fit(arrays).transform(arrays)
+    np.testing.assert_allclose(workers[:5], in_memory, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_reads_files_in_workers(image_files):
+    paths, y = image_files
+    kw = dict(image_size=32, batch_size=8, max_epochs=1, random_state=0)
+    main = FineTuneClassifier(num_workers=0, **kw).fit(paths, y)
+    workers = FineTuneClassifier(num_workers=1, **kw).fit(paths, y)
+    np.testing.assert_array_equal(workers.predict_proba(paths), main.predict_proba(paths))
+
+
+def test_auto_uses_workers_for_files_only(image_files, monkeypatch):
+    import sktransfer._loader as loader
+    from sktransfer._inputs import as_images
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: 8)
+    paths, _ = image_files
+    files = as_images(paths, None)
+    arrays = as_images(np.zeros((40, 8, 8)), None)
+    assert resolve_num_workers("auto", files, batch_size=8) == 4
+    assert resolve_num_workers("auto", files, batch_size=64) == 0  # one batch: not worth a process
+    assert resolve_num_workers("auto", arrays, batch_size=8) == 0
+    assert resolve_num_workers(3, arrays, batch_size=8) == 3
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: 2)
+    assert resolve_num_workers("auto", files, batch_size=8) == 0  # measured slower on 2 cores
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "two", True])
+def test_bad_num_workers(bad):
+    X = np.zeros((4, 8, 8))
+    with pytest.raises(ValueError, match="num_workers must be 'auto' or an int"):
+        PretrainedFeatureExtractor(num_workers=bad).fit(X)
+
+
+def test_corrupt_file_in_a_worker_names_the_file(image_files, tmp_path):
+    paths, _ = image_files
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    files = paths[:20] + [str(bad)] + paths[20:]
+    ext = PretrainedFeatureExtractor(image_size=32, batch_size=8, num_workers=1, cache=False).fit(paths)
+    with pytest.raises(ValueError, match="broken.png"):
+        ext.transform(files)
