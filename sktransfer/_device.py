@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 import copy
+import warnings
 
 import torch
 

@@ -248,7 +248,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
         check_is_fitted(self, "backbone_")
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)

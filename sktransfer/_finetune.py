@@ -19,7 +19,14 @@ from ._augment import resolve_augment
 from ._backbones import DEFAULT_BACKBONE, load_backbone
 from ._checkpoint import Checkpointer, run_digest
 from ._data import PreparedImages
-from ._device import HalvingOnOOM, autocast, cpu_copy, cpu_state, module_device, resolve_device
+from ._device import (
+    HalvingOnOOM,
+    autocast,
+    cpu_copy,
+    cpu_state,
+    module_device,
+    resolve_device,
+)
 from ._extraction import batch_invariant
 from ._extractor import DOCS_URL, check_positive_int
 from ._freezing import check_freeze_depth, freeze
@@ -506,18 +513,17 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         finished = False
         try:
             for index, (phase, n_frozen, epochs) in enumerate(phases):
-                done = no_improve = 0
                 if resume is not None and index < resume.phase:
                     continue
-                if resume is not None and index == resume.phase:
-                    done, no_improve = resume.epochs_done, resume.no_improve
+                resuming = resume is not None and index == resume.phase
+                done, no_improve = (resume.epochs_done, resume.no_improve) if resuming else (0, 0)
                 freeze(net, n_frozen)
                 optimizer = make_optimizer(
                     net, self.optimizer, self.lr, self.weight_decay, self.backbone_lr_scale, self.layer_decay
                 )
                 scheduler = make_scheduler(optimizer, self.lr_schedule, epochs * steps)
                 penalty = self._penalty()
-                if resume is not None and index == resume.phase:
+                if resuming:
                     resume.restore_training(optimizer, scheduler, rng, device)
                 on_epoch = None
                 if checkpointer is not None:

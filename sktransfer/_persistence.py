@@ -153,10 +153,11 @@ def save_estimator(estimator, path, extra=None, extra_tensors=None):
 class _Decoder:
     def __init__(self, handle):
         self.handle = handle
+        self.names = list(handle.keys())  # noqa: SIM118 - a safetensors handle, not a dict
 
     def tensors(self, prefix):
         start = prefix + "."
-        return {k[len(start):]: self.handle.get_tensor(k) for k in self.handle.keys() if k.startswith(start)}
+        return {k[len(start):]: self.handle.get_tensor(k) for k in self.names if k.startswith(start)}
 
     def __call__(self, value):
         from ._augment import RandomAffine

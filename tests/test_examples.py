@@ -16,3 +16,5 @@ def test_example_runs(path, tmp_path):
     result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accuracy" in result.stdout
+    if "savefig" in path.read_text():
+        assert list(tmp_path.glob("*.png")), "the example should write its figure to $SKTRANSFER_OUTPUT"
