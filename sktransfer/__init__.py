@@ -3,12 +3,13 @@
 from ._augment import RandomAffine
 from ._backbones import Backbone, load_backbone
 from ._cache import cache_info, clear_cache
+from ._classifier import FineTuneClassifier
 from ._extractor import PretrainedFeatureExtractor
-from ._finetune import FineTuneClassifier
 from ._history import TrainingHistoryDisplay
 from ._network import TransferNet
 from ._persistence import load
 from ._preprocessing import Preprocessing
+from ._regressor import FineTuneRegressor
 from ._weights import WeightsNotFoundError
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "FineTuneClassifier",
+    "FineTuneRegressor",
     "Preprocessing",
     "PretrainedFeatureExtractor",
     "RandomAffine",

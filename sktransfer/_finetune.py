@@ -1,4 +1,8 @@
-"""FineTuneClassifier: end-to-end fine-tuning of a pretrained CNN as a scikit-learn classifier."""
+"""The fine-tuning engine shared by FineTuneClassifier and FineTuneRegressor.
+
+Subclasses supply the targets: how ``y`` is checked and encoded, the number of
+head outputs, the loss and the validation score (hooks marked "target hooks").
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import DataConversionWarning
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
-from sklearn.utils import check_random_state, compute_sample_weight
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._augment import resolve_augment
@@ -48,35 +51,11 @@ from ._training import (
     make_optimizer,
     make_scheduler,
     run_epoch,
-    weighted_cross_entropy,
 )
 
-
-class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
-    """Fine-tune a pretrained CNN end to end behind the scikit-learn classifier API.
-
-    The network is the pretrained backbone (its own classifier dropped), a
-    pooling of its last feature map, dropout, and a new linear head with one
-    output per class, trained with weighted cross-entropy.
-
-    **Transfer objective.** Training minimises, over the network weights θ,
-    ``L_T(θ) + reg_lambda / 2 * ||θ_backbone - θ_pretrained||²`` (L2-SP; Li,
-    Grandvalet & Davoine, 2018). The joint source/target objective
-    ``min L_S(θ) + λ L_T(θ)`` needs the source data; when it is absent, the
-    pretrained weights stand for the minimiser of ``L_S`` and a quadratic
-    approximation of ``L_S`` around them is exactly this pull toward
-    ``θ_pretrained`` (with ``reg_lambda`` playing the part of ``1/λ``: the larger
-    it is, the more the source task weighs). ``reg_lambda=0`` is plain
-    fine-tuning. ``regularization="l2"`` pulls toward zero instead (classic
-    weight decay). The penalty covers the trainable backbone weights only; the
-    optimizer applies no weight decay of its own to them, so nothing is
-    counted twice. The new head gets the optimizer's ``weight_decay``.
-
-    Parameters
-    ----------
-    backbone : str, torch.nn.Module, Backbone or fitted estimator, default="efficientnet_lite0"
+SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted estimator, default="efficientnet_lite0"
         As for :class:`PretrainedFeatureExtractor`. A fitted
-        ``FineTuneClassifier`` (or ``clf.export_backbone()``, which survives
+        sktransfer estimator (or ``est.export_backbone()``, which survives
         ``clone``) transfers a model trained on a source task.
     weights : "DEFAULT", str, path or None, default="DEFAULT"
         Pretrained weights; ``None`` trains from scratch.
@@ -106,12 +85,11 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         factor ``layer_decay ** (n - 1 - i)``.
     weight_decay : float, default=1e-4
         Optimizer weight decay of the new head.
-    label_smoothing : float, default=0.0
     dropout : float, default=0.2
         Dropout before the new head.
     pooling : str or None, default="avg"
         Pooling of the last feature map (see :class:`PretrainedFeatureExtractor`).
-    augment : "default", "flip", bool or callable, default="default"
+    augment : "default", "flip", bool or callable, default="default" (classifier), False (regressor)
         Training-batch augmentation. ``"default"`` (or ``True``) is
         :class:`RandomAffine` without flips: random resized crop (70-100 % of
         the area, aspect 3/4-4/3) and a small shear (up to 8 degrees).
@@ -132,7 +110,6 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         After training the backbone becomes ``α θ_finetuned + (1-α) θ_pretrained``
         (weight-space fusion, WiSE-FT; Wortsman et al., 2022). ``1.0`` keeps the
         fine-tuned weights, ``0.0`` gives back the pretrained backbone.
-    class_weight : dict, "balanced" or None, default=None
     image_size, input_shape, pixel_range, preprocessing
         As for :class:`PretrainedFeatureExtractor`.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
@@ -156,39 +133,11 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         ``fit`` continues from the fitted weights instead of reloading.
 
-    Attributes
-    ----------
-    classes_ : ndarray
-        Class labels.
-    net_ : TransferNet
-        The trained network (backbone, pooling, dropout, head).
-    history_ : list of dict
-        Per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_loss``,
-        ``valid_score``, ``lr``, ``seconds``.
-    n_epochs_ : int
-        Epochs run in total.
-    best_epoch_ : int or None
-        Epoch (0-based, counted in ``history_``) whose weights were kept by
-        early stopping; ``None`` without early stopping.
-    n_frozen_stages_ : int
-    pixel_range_ : tuple of float
-    n_features_in_ : int
-        Only when ``X`` is a 2-D table.
+"""
 
-    See Also
-    --------
-    PretrainedFeatureExtractor : frozen embeddings for any sklearn model.
-    TrainingHistoryDisplay : plots ``history_``.
 
-    Examples
-    --------
-    >>> from sklearn.datasets import load_digits
-    >>> from sktransfer import FineTuneClassifier
-    >>> X, y = load_digits(return_X_y=True)
-    >>> clf = FineTuneClassifier(image_size=32, max_epochs=1, random_state=0)
-    >>> clf.fit(X[:64], y[:64]).predict(X[:3]).shape
-    (3,)
-    """
+class BaseFineTune(SaveMixin, BaseEstimator):
+    """Training engine shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
     def __init__(
         self,
@@ -205,7 +154,6 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         backbone_lr_scale=1.0,
         layer_decay=None,
         weight_decay=1e-4,
-        label_smoothing=0.0,
         dropout=0.2,
         pooling="avg",
         augment="default",
@@ -214,7 +162,7 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         n_iter_no_change=3,
         linear_probe_epochs=0,
         fusion_alpha=1.0,
-        class_weight=None,
+        task_weights=None,
         image_size=None,
         input_shape=None,
         pixel_range="auto",
@@ -239,7 +187,6 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay
         self.weight_decay = weight_decay
-        self.label_smoothing = label_smoothing
         self.dropout = dropout
         self.pooling = pooling
         self.augment = augment
@@ -248,7 +195,7 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.linear_probe_epochs = linear_probe_epochs
         self.fusion_alpha = fusion_alpha
-        self.class_weight = class_weight
+        self.task_weights = task_weights
         self.image_size = image_size
         self.input_shape = input_shape
         self.pixel_range = pixel_range
@@ -283,7 +230,6 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             ("lr", 0, np.inf, True, True),
             ("backbone_lr_scale", 0, np.inf, False, True),
             ("weight_decay", 0, np.inf, False, True),
-            ("label_smoothing", 0, 1, False, True),
             ("dropout", 0, 1, False, True),
             ("validation_fraction", 0, 1, True, True),
             ("fusion_alpha", 0, 1, False, False),
@@ -306,10 +252,11 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             )
 
     def _check_y(self, y, n_samples):
+        """``y`` as an array of shape (n,) or (n, k); a column vector becomes 1-D with a warning."""
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None; "
-                "pass the class labels."
+                f"pass the {self._target_noun}."
             )
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -318,31 +265,33 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
                 DataConversionWarning, stacklevel=3,
             )
             y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(f"y must be a 1-D array of class labels, got shape {y.shape}.")
+        if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+            raise ValueError(
+                f"y must be of shape (n_samples,) or (n_samples, n_tasks), got shape {y.shape}."
+            )
         if len(y) != n_samples:
             raise ValueError(
-                f"X and y have inconsistent numbers of samples: {n_samples} images and {len(y)} labels."
+                f"X and y have inconsistent numbers of samples: {n_samples} images and {len(y)} "
+                f"{self._target_noun}."
             )
-        check_classification_targets(y)
         return y
 
+    def _task_weights(self, n_tasks):
+        """``task_weights`` as a float array of length ``n_tasks`` (all ones by default)."""
+        if self.task_weights is None:
+            return np.ones(n_tasks)
+        weights = np.asarray(self.task_weights, dtype=float) if not isinstance(self.task_weights, str) else None
+        if weights is None or weights.shape != (n_tasks,) or not np.all(np.isfinite(weights)) \
+                or np.any(weights < 0) or not np.any(weights > 0):
+            raise ValueError(
+                f"task_weights must be None or {n_tasks} non-negative numbers, not all zero (one per "
+                f"column of y), got {self.task_weights!r}."
+            )
+        return weights
+
     # ---------------------------------------------------------------- fitting
-    def fit(self, X, y, sample_weight=None):
-        """Fine-tune on images ``X`` with labels ``y``.
-
-        Parameters
-        ----------
-        X : images
-            Arrays, tensors, 2-D tables, paths or PIL images.
-        y : array-like of shape (n_samples,)
-            Class labels of any type.
-        sample_weight : array-like of shape (n_samples,), default=None
-
-        Returns
-        -------
-        self : FineTuneClassifier
-        """
+    def _fit(self, X, y, sample_weight):
+        """Fine-tune on ``(X, y)`` (see the subclasses' ``fit``)."""
         self._check_params()
         continuing = self.warm_start and hasattr(self, "net_")
         source = as_images(X, self, input_shape=self.input_shape, reset=not continuing)
@@ -350,13 +299,10 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         if continuing:
             y_enc = self._encode(y)
         else:
-            self.classes_, y_enc = np.unique(y, return_inverse=True)
-            if len(self.classes_) < 2:
-                raise ValueError(
-                    f"FineTuneClassifier needs at least 2 classes in y; got 1 class ({self.classes_[0]!r})."
-                )
+            y_enc = self._learn_targets(y)
             self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
             self.history_ = []
+        self._task_weights(self.n_outputs_)
         source.pixel_range = self.pixel_range_
         w = self._weights(y, sample_weight, len(source))
         rng = check_random_state(self.random_state)
@@ -386,35 +332,17 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self._pretrained = None
         self._partial_optimizer = None
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """Train one more epoch (the first call needs ``classes``).
-
-        Parameters
-        ----------
-        X : images
-        y : array-like of shape (n_samples,)
-        classes : array-like, default=None
-            All labels that will ever appear; required on the first call.
-        sample_weight : array-like of shape (n_samples,), default=None
-
-        Returns
-        -------
-        self : FineTuneClassifier
-        """
+    def _partial_fit(self, X, y, sample_weight, learn):
+        """One epoch on ``(X, y)``; ``learn(y)`` sets up the targets on the first call."""
         first = not hasattr(self, "net_")
         self._check_params()
         source = as_images(X, self, input_shape=self.input_shape, reset=first)
         y = self._check_y(y, len(source))
         if first:
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            self.classes_ = np.unique(np.asarray(classes))
-            if len(self.classes_) < 2:
-                raise ValueError("partial_fit needs at least 2 classes in `classes`.")
+            learn(y)
             self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
             self.history_ = []
-        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"classes={classes!r} differs from the first call's {self.classes_!r}.")
+        self._task_weights(self.n_outputs_)
         source.pixel_range = self.pixel_range_
         y_enc = self._encode(y)
         w = self._weights(y, sample_weight, len(source))
@@ -443,19 +371,8 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.net_.eval()
         return self
 
-    def _encode(self, y):
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if len(unknown):
-            raise ValueError(
-                f"y holds labels {unknown.tolist()} not seen in the first fit; "
-                f"known classes: {self.classes_.tolist()}."
-            )
-        return np.searchsorted(self.classes_, y)
-
     def _weights(self, y, sample_weight, n):
         w = _check_sample_weight(sample_weight, np.empty((n, 0)), dtype=np.float64)
-        if self.class_weight is not None:
-            w = w * compute_sample_weight(self.class_weight, y)
         return w.astype(np.float32)
 
     def _build(self, device):
@@ -469,7 +386,7 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         with torch.inference_mode():
             probe = prepare_batch(torch.zeros(1, 3, size, size), self.preprocessing_, torch.device("cpu"))
             n_features = pool(backbone.forward_features(probe), self.pooling).shape[1]
-        net = TransferNet(backbone, n_features, len(self.classes_), self.pooling, self.dropout)
+        net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout)
         self.net_ = net.to(device)
         self._partial_optimizer = None
 
@@ -574,12 +491,15 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
                 f"early_stopping with validation_fraction={self.validation_fraction} leaves "
                 f"{n - n_valid} training samples; pass more data or early_stopping=False."
             )
-        counts = np.bincount(y_enc)
-        stratify = counts.min() >= 2 and n_valid >= len(counts)
+        labels = self._stratify_labels(y_enc)
+        stratify = False
+        if labels is not None:
+            counts = np.bincount(labels)
+            stratify = counts.min() >= 2 and n_valid >= len(counts)
         splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(
             n_splits=1, test_size=n_valid, random_state=rng
         )
-        train_idx, valid_idx = next(splitter.split(np.zeros(n), y_enc if stratify else None))
+        train_idx, valid_idx = next(splitter.split(np.zeros(n), labels if stratify else None))
         return np.sort(train_idx), np.sort(valid_idx)
 
     def _run_epochs(self, data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty,
@@ -604,7 +524,7 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
                 valid_loss = valid_score = None
                 if valid_idx is not None:
                     valid_loss, valid_score = evaluate(
-                        net, data, valid_idx, y_enc, w, loss_fn, device, self.batch_size
+                        net, data, valid_idx, y_enc, w, loss_fn, self._score, device, self.batch_size
                     )
                     if bar is not None:
                         bar.set_postfix(loss=f"{train_loss:.4f}", valid_loss=f"{valid_loss:.4f}",
@@ -625,9 +545,6 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             if valid_idx is not None and no_improve >= self.n_iter_no_change:
                 return True
         return False
-
-    def _loss(self, logits, target, weight):
-        return weighted_cross_entropy(logits, target, weight, self.label_smoothing)
 
     def _fuse(self, alpha):
         """θ_backbone <- α θ_finetuned + (1 - α) θ_pretrained (integer buffers rounded)."""
@@ -654,46 +571,6 @@ class FineTuneClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         run = HalvingOnOOM(lambda b: batch_invariant(net, b))
         with torch.inference_mode(), autocast(device):
             return torch.cat([run(x).float().cpu() for _, _, x in batches])
-
-    def decision_function(self, X):
-        """Logits of the new head (binary: one column, positive class minus negative).
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        logits = self._logits(X).numpy().astype(np.float64)
-        if len(self.classes_) == 2:
-            return logits[:, 1] - logits[:, 0]
-        return logits
-
-    def predict_proba(self, X):
-        """Class probabilities (softmax of the logits), columns ordered as ``classes_``.
-
-        Returns
-        -------
-        proba : ndarray of shape (n_samples, n_classes)
-        """
-        return torch.softmax(self._logits(X).double(), dim=1).numpy()
-
-    def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`, computed stably.
-
-        Returns
-        -------
-        log_proba : ndarray of shape (n_samples, n_classes)
-        """
-        return torch.log_softmax(self._logits(X).double(), dim=1).numpy()
-
-    def predict(self, X):
-        """Predicted class labels.
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_samples,)
-        """
-        check_is_fitted(self, "net_")
-        return self.classes_[self._logits(X).argmax(1).numpy()]
 
     # --------------------------------------------------------------- transfer
     def export_backbone(self):

@@ -26,7 +26,7 @@ from torch import nn
 
 FORMAT = "sktransfer-estimator"
 FORMAT_VERSION = 1
-_SUPPORTED = ("PretrainedFeatureExtractor", "FineTuneClassifier")
+_SUPPORTED = ("PretrainedFeatureExtractor", "FineTuneClassifier", "FineTuneRegressor")
 
 
 class _Unsupported(Exception):
@@ -34,10 +34,11 @@ class _Unsupported(Exception):
 
 
 def _classes():
+    from ._classifier import FineTuneClassifier
     from ._extractor import PretrainedFeatureExtractor
-    from ._finetune import FineTuneClassifier
+    from ._regressor import FineTuneRegressor
 
-    return {cls.__name__: cls for cls in (PretrainedFeatureExtractor, FineTuneClassifier)}
+    return {cls.__name__: cls for cls in (PretrainedFeatureExtractor, FineTuneClassifier, FineTuneRegressor)}
 
 
 # ----------------------------------------------------------------- encoding

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ._data import batch_indices
 from ._device import autocast
@@ -69,11 +68,6 @@ def make_scheduler(optimizer, schedule, total_steps, warmup_fraction=0.1):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def weighted_cross_entropy(logits, target, weight, label_smoothing=0.0):
-    losses = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
-    return (losses * weight).sum() / weight.sum().clamp(min=1e-12)
-
-
 def run_epoch(net, data, train_idx, y, w, optimizer, scheduler, penalty, loss_fn, augment,
               device, batch_size, rng, bar=None):
     """One pass over ``train_idx``; returns the mean training loss (penalty excluded)."""
@@ -113,15 +107,12 @@ def predict_logits(net, data, indices, device, batch_size):
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def evaluate(net, data, indices, y, w, loss_fn, device, batch_size):
-    """Weighted loss and accuracy on ``indices``."""
+def evaluate(net, data, indices, y, w, loss_fn, score_fn, device, batch_size):
+    """Weighted loss and score (accuracy, R², ...) on ``indices``."""
     logits = predict_logits(net, data, indices, device, batch_size)
     target = torch.as_tensor(y[indices])
     weight = torch.as_tensor(w[indices], dtype=torch.float32)
-    loss = float(loss_fn(logits, target, weight))
-    correct = (logits.argmax(1) == target).float()
-    score = float((correct * weight).sum() / weight.sum())
-    return loss, score
+    return float(loss_fn(logits, target, weight)), float(score_fn(logits, target, weight))
 
 
 class EpochTimer:

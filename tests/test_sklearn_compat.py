@@ -1,12 +1,14 @@
-"""scikit-learn's own estimator checks, on both estimators."""
+"""scikit-learn's own estimator checks, on every estimator."""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
+from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeatureExtractor
 
 ESTIMATORS = [
     PretrainedFeatureExtractor(image_size=32),
     FineTuneClassifier(image_size=32, max_epochs=8, batch_size=32, random_state=0),
+    # no dropout: check_regressors_train asks R² > 0.5 after 8 epochs on a 1x10 strip of numbers
+    FineTuneRegressor(image_size=32, max_epochs=8, batch_size=32, dropout=0.0, random_state=0),
 ]
 
 EXPECTED_FAILURES = {
@@ -18,7 +20,7 @@ EXPECTED_FAILURES = {
 
 
 def expected_failed_checks(estimator):
-    if isinstance(estimator, FineTuneClassifier):
+    if isinstance(estimator, (FineTuneClassifier, FineTuneRegressor)):
         return EXPECTED_FAILURES
     return {}
 

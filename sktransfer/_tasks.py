@@ -1,0 +1,87 @@
+"""Losses and scores over one or several tasks (columns of y), with missing labels.
+
+Targets arrive encoded as tensors of shape (n,) or (n, k):
+
+* classification: class indices, ``-1`` where a label is missing;
+* regression: standardised values, ``NaN`` where a value is missing.
+
+With ``k`` tasks the objective is ``sum_t task_weights[t] * L_t``, where ``L_t``
+is task ``t``'s (sample-weighted) mean loss over the samples that have a label
+for it. With a source task and a target task, ``task_weights=[1, lam]`` is
+``L_S + lam * L_T``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _weighted_mean(losses, weight):
+    return (losses * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
+def _columns(logits, target, splits):
+    """Per task: (its logits, its target column); one task when target is 1-D."""
+    if target.ndim == 1:
+        return [(logits, target)]
+    return list(zip(logits.split(list(splits), dim=1), target.unbind(1)))
+
+
+def classification_loss(logits, target, weight, splits, task_weights, label_smoothing=0.0):
+    """Weighted cross-entropy summed over tasks (``splits``: classes per task)."""
+    total = logits.new_zeros((), dtype=torch.float32)
+    for t, (out, col) in enumerate(_columns(logits, target, splits)):
+        known = col >= 0
+        if not bool(known.any()):
+            continue
+        losses = F.cross_entropy(out[known].float(), col[known], reduction="none", label_smoothing=label_smoothing)
+        total = total + float(task_weights[t]) * _weighted_mean(losses, weight[known])
+    return total
+
+
+def classification_score(logits, target, weight, splits):
+    """Weighted accuracy, averaged over tasks, on the labelled samples of each task."""
+    scores = []
+    for out, col in _columns(logits, target, splits):
+        known = col >= 0
+        if bool(known.any()):
+            correct = (out[known].argmax(1) == col[known]).float()
+            scores.append(_weighted_mean(correct, weight[known]))
+    return torch.stack(scores).mean() if scores else torch.tensor(float("nan"))
+
+
+def regression_loss(pred, target, weight, task_weights, loss="squared_error", delta=1.0):
+    """Squared error (halved) or Huber loss, per task over its non-missing values."""
+    pred, target = pred.float(), target.float()
+    if target.ndim == 1:
+        pred, target = pred[:, :1], target[:, None]
+    total = pred.new_zeros(())
+    for t in range(target.shape[1]):
+        known = ~torch.isnan(target[:, t])
+        if not bool(known.any()):
+            continue
+        if loss == "huber":
+            losses = F.huber_loss(pred[known, t], target[known, t], reduction="none", delta=delta)
+        else:
+            losses = 0.5 * (pred[known, t] - target[known, t]) ** 2
+        total = total + float(task_weights[t]) * _weighted_mean(losses, weight[known])
+    return total
+
+
+def regression_score(pred, target, weight):
+    """Weighted R², averaged over tasks, on the known values of each task."""
+    pred, target = pred.float(), target.float()
+    if target.ndim == 1:
+        pred, target = pred[:, :1], target[:, None]
+    scores = []
+    for t in range(target.shape[1]):
+        known = ~torch.isnan(target[:, t])
+        if not bool(known.any()):
+            continue
+        y, p, w = target[known, t], pred[known, t], weight[known]
+        mean = _weighted_mean(y, w)
+        residual = (w * (y - p) ** 2).sum()
+        spread = (w * (y - mean) ** 2).sum()
+        scores.append(1 - residual / spread if spread > 0 else (residual == 0).float())
+    return torch.stack(scores).mean() if scores else torch.tensor(float("nan"))
