@@ -296,6 +296,11 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         continuing = self.warm_start and hasattr(self, "net_")
         source = as_images(X, self, input_shape=self.input_shape, reset=not continuing)
         y = self._check_y(y, len(source))
+        if len(source) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 samples to train (BatchNorm layers in training "
+                f"mode cannot normalise a batch of one); got {len(source)} sample."
+            )
         if continuing:
             y_enc = self._encode(y)
         else:
@@ -338,6 +343,11 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         self._check_params()
         source = as_images(X, self, input_shape=self.input_shape, reset=first)
         y = self._check_y(y, len(source))
+        if len(source) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 samples to train (BatchNorm layers in training "
+                f"mode cannot normalise a batch of one); got {len(source)} sample."
+            )
         if first:
             learn(y)
             self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
