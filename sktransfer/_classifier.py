@@ -302,7 +302,13 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
 
     # ------------------------------------------------------------- predicting
     def _task_logits(self, X):
+        check_is_fitted(self, "net_")
         return self._logits(X).double().split(self._splits(), dim=1)
+
+    def _per_task(self, X, fn):
+        """``fn(logits)`` of each task: one array, or a list with several tasks."""
+        out = [fn(t, dim=1).numpy() for t in self._task_logits(X)]
+        return out[0] if self.n_outputs_ == 1 else out
 
     @available_if(_single_task)
     def decision_function(self, X):
@@ -326,9 +332,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         -------
         proba : ndarray of shape (n_samples, n_classes), or a list of them (one per task)
         """
-        check_is_fitted(self, "net_")
-        probas = [torch.softmax(t, dim=1).numpy() for t in self._task_logits(X)]
-        return probas[0] if self.n_outputs_ == 1 else probas
+        return self._per_task(X, torch.softmax)
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, computed stably.
@@ -337,9 +341,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         -------
         log_proba : ndarray of shape (n_samples, n_classes), or a list of them (one per task)
         """
-        check_is_fitted(self, "net_")
-        logs = [torch.log_softmax(t, dim=1).numpy() for t in self._task_logits(X)]
-        return logs[0] if self.n_outputs_ == 1 else logs
+        return self._per_task(X, torch.log_softmax)
 
     def predict(self, X):
         """Predicted class labels.
