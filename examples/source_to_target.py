@@ -31,7 +31,7 @@ source_clf = FineTuneClassifier(image_size=size, max_epochs=1 if FAST else 5, ra
 source_clf.fit(X_source, y_source)
 print(f"source model (digits 0-4), accuracy on its training images {source_clf.score(X_source, y_source):.3f}")
 
-target = dict(image_size=size, max_epochs=3 if FAST else 30, batch_size=16, random_state=0)
+target = dict(image_size=size, max_epochs=3 if FAST else 20, batch_size=16, random_state=0)
 runs = {
     "transferred from the digits 0-4 model": FineTuneClassifier(backbone=source_clf.export_backbone(), **target),
     "ImageNet backbone, fine-tuned": FineTuneClassifier(**target),
