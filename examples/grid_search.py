@@ -24,7 +24,7 @@ grid = {"freeze_depth": [0, 4, "all"], "reg_lambda": [0.0, 0.1]}
 if FAST:
     grid = {"freeze_depth": [4, "all"], "reg_lambda": [0.0, 0.1]}
 search = GridSearchCV(
-    FineTuneClassifier(image_size=32 if FAST else 48, max_epochs=2 if FAST else 6, batch_size=16, random_state=0),
+    FineTuneClassifier(image_size=32 if FAST else 48, max_epochs=2 if FAST else 5, batch_size=16, random_state=0),
     grid, cv=StratifiedKFold(2, shuffle=True, random_state=0),
 )
 search.fit(X, y)
