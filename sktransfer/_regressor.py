@@ -46,7 +46,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     ----------
     n_outputs_ : int
         Number of target columns.
-    y_mean_, y_scale_ : ndarray of shape (n_outputs_,)
+    y_mean_, y_scale_ : ndarray of shape (n_targets,)
         Standardisation of the targets learned by ``fit`` (by the first
         ``partial_fit`` call).
     net_ : TransferNet
