@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from ._device import autocast
-from ._loader import prepared_batches
-from ._preprocessing import prepare_batch
+from ._loader import prepare_indices, prepared_batches, to_device
 
 PREPARED_CACHE_BYTES = 2 * 2**30
 
@@ -39,11 +38,8 @@ class PreparedImages:
     def batch(self, indices):
         indices = np.asarray(indices)
         if self.cache is not None:
-            x = self.cache[torch.from_numpy(indices)].to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return x
-        return prepare_batch(self.source.batch(indices), self.spec, self.device, self.channels_last)
+            return to_device(self.cache[torch.from_numpy(indices)], self.device, self.channels_last)
+        return prepare_indices(self.source, indices, self.spec, self.device, self.channels_last)
 
 
 def batch_indices(n, batch_size, rng=None):
@@ -86,4 +82,4 @@ class FeatureData:
         return len(self.features)
 
     def batch(self, indices):
-        return self.features[torch.from_numpy(np.asarray(indices))].to(self.device, non_blocking=True)
+        return to_device(self.features[torch.from_numpy(np.asarray(indices))], self.device)

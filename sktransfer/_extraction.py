@@ -156,6 +156,16 @@ def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
     return optimized
 
 
+def forward_batches(runner, source, spec, device, batch_size, channels_last, num_workers, emit):
+    """Call ``emit(start, stop, output)`` with ``runner``'s float32 CPU output on each
+    prepared batch of ``source``, in order: inference mode, autocast, batch-size
+    invariant, and batches halved when the device runs out of memory."""
+    run = HalvingOnOOM(lambda b: batch_invariant(runner, b))
+    with torch.inference_mode(), autocast(device):
+        for start, stop, x in prepared_batches(source, spec, batch_size, device, channels_last, num_workers):
+            emit(start, stop, run(x).float().cpu())
+
+
 def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_last=True,
             progress=None, runner=None, num_workers=0):
     """Embeddings of every image in ``source`` as a float32 numpy array.
@@ -167,14 +177,14 @@ def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_
         def runner(b):
             return forward_layers(backbone, b, plan, pooling)
     out = None
-    run = HalvingOnOOM(lambda b: batch_invariant(runner, b))
-    with torch.inference_mode(), autocast(device):
-        for start, stop, x in prepared_batches(source, spec, batch_size, device, channels_last, num_workers):
-            feats = run(x)
-            feats = feats.float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(source), feats.shape[1]), dtype=np.float32)
-            out[start:stop] = feats
-            if progress is not None:
-                progress.update(stop - start)
+
+    def emit(start, stop, feats):
+        nonlocal out
+        if out is None:
+            out = np.empty((len(source), feats.shape[1]), dtype=np.float32)
+        out[start:stop] = feats.numpy()
+        if progress is not None:
+            progress.update(stop - start)
+
+    forward_batches(runner, source, spec, device, batch_size, channels_last, num_workers, emit)
     return out

@@ -23,18 +23,16 @@ from ._backbones import DEFAULT_BACKBONE, load_backbone
 from ._checkpoint import Checkpointer, run_digest
 from ._data import PreparedImages
 from ._device import (
-    HalvingOnOOM,
-    autocast,
     cpu_copy,
     cpu_state,
     module_device,
     resolve_device,
 )
-from ._extraction import batch_invariant
+from ._extraction import forward_batches
 from ._extractor import DOCS_URL, check_positive_int
 from ._freezing import check_freeze_depth, freeze
 from ._inputs import as_images, check_pixel_range, learn_pixel_range
-from ._loader import check_num_workers, prepared_batches, resolve_num_workers
+from ._loader import check_num_workers, resolve_num_workers
 from ._network import TransferNet
 from ._persistence import SaveMixin
 from ._pooling import check_pooling, pool
@@ -464,9 +462,7 @@ class BaseFineTune(SaveMixin, BaseEstimator):
                 run_net, run_data = net, data
                 if resolve_augment(self.augment) is None:
                     # the frozen stages see no augmentation: their output is computed once
-                    run_net, run_data = frozen_prefix(
-                        net, data, n_frozen, device, self.batch_size, data.batch(np.arange(min(2, n)))
-                    )
+                    run_net, run_data = frozen_prefix(net, data, n_frozen, device, self.batch_size)
                 stopped = self._run_epochs(
                     run_data, train_idx, valid_idx, y_enc, w, optimizer, scheduler, penalty, epochs - done,
                     phase, device, rng, net=run_net, no_improve=no_improve, on_epoch=on_epoch,
@@ -575,12 +571,12 @@ class BaseFineTune(SaveMixin, BaseEstimator):
             net.to(device)
         net.eval()
         workers = resolve_num_workers(self.num_workers, source, self.batch_size)
-        batches = prepared_batches(
-            source, self.preprocessing_, self.batch_size, device, device.type == "cuda", workers
+        outs = []
+        forward_batches(
+            net, source, self.preprocessing_, device, self.batch_size, device.type == "cuda", workers,
+            lambda start, stop, out: outs.append(out),
         )
-        run = HalvingOnOOM(lambda b: batch_invariant(net, b))
-        with torch.inference_mode(), autocast(device):
-            return torch.cat([run(x).float().cpu() for _, _, x in batches])
+        return torch.cat(outs)
 
     # --------------------------------------------------------------- transfer
     def export_backbone(self):

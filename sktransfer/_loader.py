@@ -54,6 +54,29 @@ def resolve_num_workers(num_workers, source, batch_size):
     return min(MAX_AUTO_WORKERS, cores // 2)
 
 
+def to_device(x, device, channels_last=False):
+    """A prepared CPU batch on ``device`` (asynchronous copy), channels_last when asked."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _prepare_item(source, i, spec):
+    return prepare_batch(source.batch([i]), spec, torch.device("cpu"))[0]
+
+
+def prepare_indices(source, indices, spec, device, channels_last=False):
+    """The backbone input for ``source[indices]`` (a slice or index array).
+
+    Files are decoded and resized one at a time: a batch of large photographs
+    never sits in memory at full size.
+    """
+    if not decodes_files(source):
+        return prepare_batch(source.batch(indices), spec, device, channels_last)
+    if isinstance(indices, slice):
+        indices = range(*indices.indices(len(source)))
+    return to_device(torch.stack([_prepare_item(source, i, spec) for i in indices]), device, channels_last)
+
+
 class _PreparedItems(Dataset):
     def __init__(self, source, spec):
         self.source = source
@@ -63,31 +86,27 @@ class _PreparedItems(Dataset):
         return len(self.source)
 
     def __getitem__(self, i):
-        return prepare_batch(self.source.batch([i]), self.spec, torch.device("cpu"))[0]
+        return _prepare_item(self.source, i, self.spec)
 
 
 def prepared_batches(source, spec, batch_size, device, channels_last=False, num_workers=0):
     """Yield ``(start, stop, x)``: the backbone input for ``source[start:stop]``, in order.
 
-    Files are decoded and resized one at a time (a batch of large photographs
-    never sits in memory at full size), in ``num_workers`` worker processes
-    when asked (the result equals preparing them in the main process).
+    With ``num_workers > 0`` images are decoded and resized in worker processes
+    (the result equals preparing them in the main process, see :func:`prepare_indices`).
     """
     n = len(source)
-    if num_workers == 0 and not decodes_files(source):
+    if num_workers == 0:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            yield start, stop, prepare_batch(source.batch(slice(start, stop)), spec, device, channels_last)
+            yield start, stop, prepare_indices(source, slice(start, stop), spec, device, channels_last)
         return
     loader = DataLoader(
         _PreparedItems(source, spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=device.type == "cuda", prefetch_factor=2 if num_workers else None,
+        pin_memory=device.type == "cuda", prefetch_factor=2,
         generator=torch.Generator(),  # worker seeds must not draw from the global RNG (random_state)
     )
     start = 0
     for x in loader:
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield start, start + len(x), x
+        yield start, start + len(x), to_device(x, device, channels_last)
         start += len(x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,18 +130,18 @@ class SuffixNet(nn.Module):
         return self
 
 
-def frozen_prefix(net, data, n_frozen, device, batch_size, probe):
+def frozen_prefix(net, data, n_frozen, device, batch_size):
     """``(network, data)`` to train on: the prefix computed once when it can be.
 
-    ``data`` serves prepared images; ``probe`` is one prepared input batch used
-    to verify the decomposition.  Returns ``(net, data)`` unchanged when the
-    frozen prefix cannot be computed once.
+    ``data`` serves prepared images; its first two verify the decomposition.
+    Returns ``(net, data)`` unchanged when the frozen prefix cannot be computed once.
     """
     backbone = net.backbone
     if n_frozen >= len(backbone.stages):
         return HeadOnly(net), FeatureData(precompute(net.features, net, data, device, batch_size), device)
     if n_frozen == 0:
         return net, data
+    probe = data.batch(np.arange(min(2, len(data))))
     chain = module_chain(backbone, probe)
     j = None if chain is None else split_chain(chain, net.frozen_parameters_)
     if not j:
