@@ -9,6 +9,7 @@ worker are in flight, so memory does not grow with the number of files.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from numbers import Integral
 
@@ -39,19 +40,31 @@ def decodes_files(source):
 
 
 def resolve_num_workers(num_workers, source, batch_size):
-    """``"auto"``: for more than one batch of files on a machine with at least 4 cores,
-    half the cores (at most ``MAX_AUTO_WORKERS``); otherwise 0.
+    """Worker processes for ``source``: 0 for arrays, which need no decoding.
 
+    For files, ``"auto"`` means half the cores (at most ``MAX_AUTO_WORKERS``)
+    for more than one batch on a machine with at least 4 cores, otherwise 0;
+    always 0 in a daemonic process (a Dask worker), which cannot start children.
     On 2 cores a worker process (one thread) only competes with the network's
     threads: measured slower than decoding in the main process (docs/benchmarks.md).
     """
     num_workers = check_num_workers(num_workers)
-    if num_workers != "auto":
-        return num_workers
-    cores = os.cpu_count() or 1
-    if not decodes_files(source) or len(source) <= batch_size or cores < 4:
+    if not decodes_files(source):
         return 0
-    return min(MAX_AUTO_WORKERS, cores // 2)
+    daemon = multiprocessing.current_process().daemon
+    if num_workers == "auto":
+        cores = os.cpu_count() or 1
+        if daemon or len(source) <= batch_size or cores < 4:
+            return 0
+        return min(MAX_AUTO_WORKERS, cores // 2)
+    if num_workers > 0 and daemon:
+        raise ValueError(
+            f"num_workers={num_workers} starts DataLoader worker processes, but this process "
+            "is a daemon (a Dask worker or a multiprocessing pool worker) and cannot start "
+            "children. Use num_workers=0 or 'auto' (the Dask workers are the parallelism), or "
+            "start the Dask workers with the config distributed.worker.daemon=False."
+        )
+    return num_workers
 
 
 def to_device(x, device, channels_last=False):

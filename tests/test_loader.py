@@ -60,9 +60,26 @@ def test_auto_uses_workers_for_files_only(image_files, monkeypatch):
     assert resolve_num_workers("auto", files, batch_size=8) == 4
     assert resolve_num_workers("auto", files, batch_size=64) == 0  # one batch: not worth a process
     assert resolve_num_workers("auto", arrays, batch_size=8) == 0
-    assert resolve_num_workers(3, arrays, batch_size=8) == 3
+    assert resolve_num_workers(3, arrays, batch_size=8) == 0  # arrays are never sent to workers
+    assert resolve_num_workers(3, files, batch_size=64) == 3
     monkeypatch.setattr(loader.os, "cpu_count", lambda: 2)
     assert resolve_num_workers("auto", files, batch_size=8) == 0  # measured slower on 2 cores
+
+
+def test_daemon_processes_decode_in_process(image_files, monkeypatch):
+    """A Dask worker is a daemon: it cannot start DataLoader workers."""
+    import multiprocessing
+
+    import sktransfer._loader as loader
+    from sktransfer._inputs import as_images
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
+    files = as_images(image_files[0], None)
+    assert resolve_num_workers("auto", files, batch_size=8) == 0
+    assert resolve_num_workers(0, files, batch_size=8) == 0
+    with pytest.raises(ValueError, match="daemon .*num_workers=0"):
+        resolve_num_workers(2, files, batch_size=8)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "two", True])
