@@ -170,9 +170,13 @@ def test_paths_dataframe_equals_one_process(client, digit_files):
     np.testing.assert_array_equal(got.to_numpy(), _per_block(ext, paths, sizes))
     whole = ext.transform(paths)
     np.testing.assert_allclose(got.to_numpy(), whole, **ROUNDING)
-    # a Series of paths, filtered on the workers, gives the same rows
-    some = skdask.transform(ext, ddf["path"][ddf["label"] != 3]).compute()
-    np.testing.assert_allclose(some.to_numpy(), whole[labels != 3], **ROUNDING)
+    # a Series of paths, filtered on the workers: the same rows, and two empty partitions
+    some = ddf["path"][(ddf["label"] != 3) & (ddf.index < 112)]
+    assert [len(p) for p in some.partitions][1:] == [0, 0]
+    got = skdask.transform(ext, some).compute()
+    keep = (labels != 3) & (frame.index < 112)
+    pd.testing.assert_index_equal(got.index, frame.index[keep])
+    np.testing.assert_allclose(got.to_numpy(), whole[keep], **ROUNDING)
 
 
 def test_dask_array_equals_one_process(client, digits):
