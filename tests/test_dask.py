@@ -16,14 +16,14 @@ dd = pytest.importorskip("dask.dataframe")
 da = pytest.importorskip("dask.array")
 pd = pytest.importorskip("pandas")
 
-import joblib  # noqa: E402
-import torch  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.model_selection import GridSearchCV, KFold, cross_val_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
+import joblib
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+from sklearn.pipeline import make_pipeline
 
-import sktransfer.dask as skdask  # noqa: E402
-from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, clear_cache  # noqa: E402
+import sktransfer.dask as skdask
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, clear_cache
 
 N_WORKERS = 2
 
