@@ -40,7 +40,7 @@ def extraction(paths, cores):
     from distributed import Client, LocalCluster
 
     from sktransfer import PretrainedFeatureExtractor
-    from sktransfer.dask import configure_workers, transform
+    from sktransfer.dask import configure_workers, task_torch_threads, transform
 
     ext = PretrainedFeatureExtractor(cache=False).fit(paths[:1])
     reference, seconds = timed(lambda: ext.transform(paths))
@@ -52,7 +52,11 @@ def extraction(paths, cores):
     ]:
         (cluster, client), start = timed(lambda: _cluster(LocalCluster, Client, n_workers))
         with cluster, client:
-            threads = configure_workers(client) if configure else client.run(_threads)
+            if configure:
+                threads = configure_workers(client)
+            else:  # as the tasks see it
+                threads = {a: client.submit(task_torch_threads, workers=[a], pure=False).result()
+                           for a in client.run(os.getpid)}
             # partitions of >= 128 images, so that workers use the traced CPU model as the one
             # process does; the warm-up builds it on each worker (torch imported, extractor received)
             lazy = transform(ext, dd.from_pandas(series, npartitions=max(1, len(paths) // 250)))
@@ -65,12 +69,6 @@ def extraction(paths, cores):
     print("|---|---|---:|---:|---:|---:|")
     for label, threads, start, seconds, diff in rows:
         print(f"| {label} | {threads} | {start:.1f} | {seconds:.1f} | {len(paths) / seconds:.1f} | {diff:.1e} |")
-
-
-def _threads():
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _cluster(LocalCluster, Client, n_workers):

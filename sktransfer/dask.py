@@ -20,7 +20,10 @@ See ``docs/scale_out.md`` for the recipes.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 import numpy as np
 
@@ -70,8 +73,11 @@ class TorchThreads(WorkerPlugin):
     whatever the machine; without the nanny (``processes=False``) all workers
     share the client's torch threads.
 
-    The plugin runs again on workers that join or restart later. Workers that
-    are already running keep the count they got.
+    torch's thread count belongs to each thread that runs torch, so the plugin
+    sets it in the worker's event loop (the default for task threads started
+    later) and in every thread of the worker's task pool. Register it before
+    submitting work: a thread busy with a task when the plugin arrives keeps its
+    count. The plugin runs again on workers that join or restart later.
 
     Parameters
     ----------
@@ -104,12 +110,35 @@ class TorchThreads(WorkerPlugin):
             if worker.address not in workers:  # still registering
                 slots += worker.state.nthreads
             n = threads_per_task(usable_cores(), slots)
-        torch.set_num_threads(n)
+        torch.set_num_threads(n)  # this thread, and the default for threads started later
+        executor = worker.executors.get("default")
+        # distributed's own thread pool (not a subclass of concurrent.futures')
+        if isinstance(executor, Executor) and not isinstance(executor, ProcessPoolExecutor):
+            await _in_every_thread(executor, worker.state.nthreads, lambda: torch.set_num_threads(n))
 
 
-def _torch_threads():
+async def _in_every_thread(executor, n_threads, fn, timeout=30.0):
+    """Run ``fn`` once in each of the ``n_threads`` threads of ``executor``.
+
+    Each job waits at a barrier until all have started, so no thread takes two.
+    """
+    barrier = threading.Barrier(n_threads)
+
+    def job():
+        fn()
+        try:
+            barrier.wait(timeout)
+        except threading.BrokenBarrierError:  # a thread was busy with a task
+            pass
+
+    await asyncio.gather(*(asyncio.wrap_future(executor.submit(job)) for _ in range(n_threads)))
+
+
+def task_torch_threads():
+    """torch's thread count as a task sees it (run it with ``client.submit``)."""
     import torch
 
+    torch.ones(2).sum()  # torch sets up a thread's count at its first operation
     return torch.get_num_threads()
 
 
@@ -126,7 +155,7 @@ def configure_workers(client, n_threads=None):
     Returns
     -------
     threads : dict
-        Worker address -> the torch thread count now in use there.
+        Worker address -> the torch thread count that a task on it now sees.
 
     Examples
     --------
@@ -137,7 +166,10 @@ def configure_workers(client, n_threads=None):
     {'tcp://127.0.0.1:40231': 4, 'tcp://127.0.0.1:37457': 4}
     """
     client.register_plugin(TorchThreads(n_threads), name=PLUGIN_NAME)
-    return client.run(_torch_threads)
+    return {
+        address: client.submit(task_torch_threads, workers=[address], pure=False).result()
+        for address in client.run(os.getpid)  # every worker's address
+    }
 
 
 # -- extraction -----------------------------------------------------------------
