@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._layers import use_fast_layers
 from ._preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from ._weights import (
     embedded_lite0_state_dict,
@@ -486,12 +487,15 @@ def load_backbone(backbone=DEFAULT_BACKBONE, weights="DEFAULT", preprocessing=No
 
 
 def _load_named(name, weights):
+    """A registry model, its depthwise convolutions swapped for :class:`DepthwiseConv2d`."""
     if name == DEFAULT_BACKBONE:
-        return _lite0(weights)
-    if name.startswith("timm/"):
-        return _timm(name[len("timm/"):], weights)
-    found = _torchvision(name, weights)
+        found = _lite0(weights)
+    elif name.startswith("timm/"):
+        found = _timm(name[len("timm/"):], weights)
+    else:
+        found = _torchvision(name, weights)
     if found is not None:
+        use_fast_layers(found.model)
         return found
     close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else ""

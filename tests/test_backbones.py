@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,60 @@ def test_backbone_is_a_module():
     backbone = load_backbone("efficientnet_lite0", weights=None)
     assert isinstance(backbone, Backbone) and isinstance(backbone, nn.Module)
     assert backbone.preprocessing.interpolation == "bicubic"
+
+
+# -- depthwise convolutions on 1x1 maps --------------------------------------------
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (5, 2), (3, 2)])
+def test_fast_depthwise_conv_equals_conv2d(kernel, stride):
+    from sktransfer._layers import DepthwiseConv2d, use_fast_layers
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, kernel, stride=stride, padding=kernel // 2, groups=16, bias=False)
+    fast = use_fast_layers(copy.deepcopy(conv))
+    assert type(fast) is DepthwiseConv2d and fast.state_dict().keys() == conv.state_dict().keys()
+    for size in (1, 2, 5):  # 1x1 takes the short cut; the others are nn.Conv2d's own code
+        x = torch.randn(4, 16, size, size, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_(True)
+        out, out2 = conv(x), fast(x2)
+        assert torch.equal(out, out2)
+        g = torch.randn_like(out)
+        out.backward(g)
+        out2.backward(g)
+        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=1e-6, atol=1e-7)
+        conv.zero_grad()
+        fast.zero_grad()
+
+
+def test_only_plain_depthwise_convolutions_are_swapped():
+    from sktransfer._layers import DepthwiseConv2d, use_fast_layers
+
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),  # dense
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # with a bias
+        nn.Conv2d(8, 8, 3, padding=2, groups=8, bias=False),  # over-padded: 1x1 in, 3x3 out
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+    )
+    use_fast_layers(model)
+    assert [type(m) for m in model] == [nn.Conv2d, nn.Conv2d, DepthwiseConv2d, DepthwiseConv2d]
+    x = torch.randn(2, 8, 1, 1)
+    assert model[2](x).shape[-2:] == (3, 3)  # the short cut is not taken
+    assert torch.equal(model[2](x), nn.Conv2d.forward(model[2], x))
+
+
+def test_lite0_uses_fast_depthwise_and_leaves_user_modules_alone():
+    from sktransfer._layers import DepthwiseConv2d
+
+    backbone = load_backbone("efficientnet_lite0")
+    fast = [m for m in backbone.model.modules() if type(m) is DepthwiseConv2d]
+    assert len(fast) == 16  # one per inverted-residual block
+    plain = copy.deepcopy(backbone.model).eval()
+    for m in plain.modules():
+        if type(m) is DepthwiseConv2d:
+            m.__class__ = nn.Conv2d
+    x = torch.rand(3, 3, 32, 32)  # the last stages run on 1x1 maps
+    with torch.no_grad():
+        assert torch.equal(backbone.model.eval().forward_features(x), plain.forward_features(x))
+    user = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.Flatten())
+    load_backbone(user)
+    assert type(user[0]) is nn.Conv2d
