@@ -59,6 +59,16 @@ def _try_download():
     return "downloaded"
 
 
+def test_local_scheduler_needs_no_client(digits):
+    """First in this file: no distributed client exists yet, the extractor is passed as is."""
+    with pytest.raises(ValueError):
+        distributed.default_client()
+    images = digits[0][:20]
+    ext = PretrainedFeatureExtractor(image_size=32, layer="stage5", cache=False).fit(images)
+    got = skdask.transform(ext, da.from_array(images, chunks=(10, 8, 8))).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, np.vstack([ext.transform(images[:10]), ext.transform(images[10:])]))
+
+
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(
