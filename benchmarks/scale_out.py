@@ -19,10 +19,10 @@ Cluster start-up is timed apart. Usage::
 """
 
 import argparse
-import os
 import tempfile
 import time
 
+import joblib
 import numpy as np
 from _common import machine
 from files import write_files
@@ -37,14 +37,15 @@ def timed(fn):
 def extraction(paths, cores):
     import dask.dataframe as dd
     import pandas as pd
+    import torch
     from distributed import Client, LocalCluster
 
     from sktransfer import PretrainedFeatureExtractor
-    from sktransfer.dask import configure_workers, task_torch_threads, transform
+    from sktransfer.dask import configure_workers, transform, worker_torch_threads
 
     ext = PretrainedFeatureExtractor(cache=False).fit(paths[:1])
     reference, seconds = timed(lambda: ext.transform(paths))
-    rows = [("one process", f"{__import__('torch').get_num_threads()} torch threads", 0.0, seconds, 0.0)]
+    rows = [("one process", f"{torch.get_num_threads()} torch threads", 0.0, seconds, 0.0)]
     series = pd.Series(paths, name="path")
     for label, n_workers, configure in [
         (f"Dask, {cores} workers x 1 thread", cores, False),
@@ -52,11 +53,7 @@ def extraction(paths, cores):
     ]:
         (cluster, client), start = timed(lambda: _cluster(LocalCluster, Client, n_workers))
         with cluster, client:
-            if configure:
-                threads = configure_workers(client)
-            else:  # as the tasks see it
-                threads = {a: client.submit(task_torch_threads, workers=[a], pure=False).result()
-                           for a in client.run(os.getpid)}
+            threads = configure_workers(client) if configure else worker_torch_threads(client)
             # partitions of >= 128 images, so that workers use the traced CPU model as the one
             # process does; the warm-up builds it on each worker (torch imported, extractor received)
             lazy = transform(ext, dd.from_pandas(series, npartitions=max(1, len(paths) // 250)))
@@ -77,7 +74,6 @@ def _cluster(LocalCluster, Client, n_workers):
 
 
 def grid(cores):
-    import joblib
     from distributed import Client, LocalCluster
     from sklearn.datasets import load_digits
     from sklearn.model_selection import GridSearchCV
@@ -114,7 +110,7 @@ def main():
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--skip-grid", action="store_true")
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0))
+    cores = joblib.cpu_count()
     print(f"Machine: {machine()}; {cores} cores")
     with tempfile.TemporaryDirectory() as folder:
         paths = write_files(folder, args.n, size=256)

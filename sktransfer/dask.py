@@ -25,6 +25,7 @@ import os
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 
+import joblib
 import numpy as np
 
 try:
@@ -45,18 +46,10 @@ from ._extractor import PretrainedFeatureExtractor
 
 PLUGIN_NAME = "sktransfer-torch-threads"
 
-__all__ = ["TorchThreads", "configure_workers", "transform", "usable_cores"]
+__all__ = ["TorchThreads", "configure_workers", "transform", "worker_torch_threads"]
 
 
 # -- torch threads ------------------------------------------------------------
-def usable_cores():
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def threads_per_task(cores, task_slots):
     """Torch threads for each of ``task_slots`` tasks sharing ``cores``: at least 1."""
     return max(1, cores // max(1, task_slots))
@@ -109,7 +102,7 @@ class TorchThreads(WorkerPlugin):
             slots = sum(w["nthreads"] for w in workers.values() if w["host"] == worker.host)
             if worker.address not in workers:  # still registering
                 slots += worker.state.nthreads
-            n = threads_per_task(usable_cores(), slots)
+            n = threads_per_task(joblib.cpu_count(), slots)  # affinity and cgroup quotas included
         torch.set_num_threads(n)  # this thread, and the default for threads started later
         executor = worker.executors.get("default")
         # distributed's own thread pool (not a subclass of concurrent.futures')
@@ -134,12 +127,35 @@ async def _in_every_thread(executor, n_threads, fn, timeout=30.0):
     await asyncio.gather(*(asyncio.wrap_future(executor.submit(job)) for _ in range(n_threads)))
 
 
-def task_torch_threads():
-    """torch's thread count as a task sees it (run it with ``client.submit``)."""
+def _task_torch_threads():
     import torch
 
     torch.ones(2).sum()  # torch sets up a thread's count at its first operation
     return torch.get_num_threads()
+
+
+def worker_torch_threads(client):
+    """torch's thread count on each worker, as a task running there reads it.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    threads : dict
+        Worker address -> torch threads.
+
+    Examples
+    --------
+    >>> from sktransfer.dask import worker_torch_threads  # doctest: +SKIP
+    >>> worker_torch_threads(client)  # doctest: +SKIP
+    {'tcp://127.0.0.1:40231': 1, 'tcp://127.0.0.1:37457': 1}
+    """
+    return {
+        address: client.submit(_task_torch_threads, workers=[address], pure=False).result()
+        for address in client.run(os.getpid)  # every worker's address
+    }
 
 
 def configure_workers(client, n_threads=None):
@@ -166,21 +182,16 @@ def configure_workers(client, n_threads=None):
     {'tcp://127.0.0.1:40231': 4, 'tcp://127.0.0.1:37457': 4}
     """
     client.register_plugin(TorchThreads(n_threads), name=PLUGIN_NAME)
-    return {
-        address: client.submit(task_torch_threads, workers=[address], pure=False).result()
-        for address in client.run(os.getpid)  # every worker's address
-    }
+    return worker_torch_threads(client)
 
 
 # -- extraction -----------------------------------------------------------------
-def _embed_partition(part, extractor, columns):
-    if len(part) == 0:
-        return pd.DataFrame(np.empty((0, len(columns)), dtype=np.float32), index=part.index, columns=columns)
-    return pd.DataFrame(extractor.transform(part), index=part.index, columns=columns)
-
-
 def _embed_block(block, extractor):
     return extractor.transform(block) if len(block) else np.empty((0, extractor.n_features_out_), np.float32)
+
+
+def _embed_partition(part, extractor, columns):
+    return pd.DataFrame(_embed_block(part, extractor), index=part.index, columns=columns)
 
 
 def transform(extractor, data, *, column=None):
@@ -225,9 +236,8 @@ def transform(extractor, data, *, column=None):
         "This PretrainedFeatureExtractor is not fitted. Fit it on the client first, e.g. "
         "extractor.fit(paths[:1]): the fitted extractor carries its weights to the workers."
     ))
-    shipped = _ship(extractor)
     if isinstance(data, da.Array):
-        return _transform_array(shipped, extractor.n_features_out_, data)
+        return _transform_array(extractor, data)
     if isinstance(data, dd.DataFrame):
         if column is None:
             if len(data.columns) != 1:
@@ -249,7 +259,7 @@ def transform(extractor, data, *, column=None):
         )
     columns = list(extractor.get_feature_names_out())
     meta = pd.DataFrame(np.empty((0, len(columns)), dtype=np.float32), columns=columns)
-    return data.map_partitions(_embed_partition, shipped, columns, meta=meta)
+    return data.map_partitions(_embed_partition, _ship(extractor), columns, meta=meta)
 
 
 def _ship(extractor):
@@ -263,11 +273,12 @@ def _ship(extractor):
     return client.scatter(extractor, broadcast=True, hash=True)
 
 
-def _transform_array(shipped, width, data):
+def _transform_array(extractor, data):
     if data.ndim < 2:
         raise ValueError(f"A dask array of images needs at least 2 dimensions, got shape {data.shape}.")
     data = data.rechunk({axis: -1 for axis in range(1, data.ndim)})
     blocks = data.to_delayed().reshape(-1)
+    shipped, width = _ship(extractor), extractor.n_features_out_
     parts = [
         da.from_delayed(dask.delayed(_embed_block)(block, shipped), shape=(rows, width), dtype=np.float32)
         for block, rows in zip(blocks, data.chunks[0])

@@ -136,25 +136,17 @@ def test_cross_val_score_on_dask_equals_one_process(client, digits):
 
 
 # -- torch threads on workers ---------------------------------------------------------
-def _threads_in_tasks(client):
-    """torch's thread count as a task sees it, on each worker."""
-    return {
-        address: client.submit(skdask.task_torch_threads, workers=[address], pure=False).result()
-        for address in client.run(os.getpid)
-    }
-
-
 def test_torch_threads_per_worker(client):
     # Dask's nanny starts workers with OMP_NUM_THREADS=1, which torch follows
-    before = _threads_in_tasks(client)
+    before = skdask.worker_torch_threads(client)
     assert set(before.values()) == {1}
     try:
         # the task threads have run torch already (earlier tests): they must follow too
         assert skdask.configure_workers(client, n_threads=2) == dict.fromkeys(before, 2)
-        assert _threads_in_tasks(client) == dict.fromkeys(before, 2)
-        expected = max(1, skdask.usable_cores() // N_WORKERS)  # both workers share this machine
+        assert skdask.worker_torch_threads(client) == dict.fromkeys(before, 2)
+        expected = max(1, joblib.cpu_count() // N_WORKERS)  # both workers share this machine
         assert skdask.configure_workers(client) == dict.fromkeys(before, expected)
-        assert _threads_in_tasks(client) == dict.fromkeys(before, expected)
+        assert skdask.worker_torch_threads(client) == dict.fromkeys(before, expected)
     finally:
         skdask.configure_workers(client, n_threads=1)  # as the other tests expect
     with pytest.raises(ValueError, match="positive int"):
