@@ -11,7 +11,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
-from ._finetune import SHARED_PARAMETERS, BaseFineTune
+from ._finetune import SHARED_PARAMETERS, BaseFineTune, check_number
 from ._tasks import classification_loss, classification_score
 
 
@@ -155,9 +155,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
     # ------------------------------------------------------------ target hooks
     def _check_params(self):
         super()._check_params()
-        ls = self.label_smoothing
-        if isinstance(ls, bool) or not isinstance(ls, (int, float, np.floating)) or not 0 <= ls < 1:
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {ls!r}.")
+        check_number(self.label_smoothing, "label_smoothing", 0, 1, lo_open=False, hi_open=True)
 
     def _missing(self, column):
         if self.missing_label is not None:

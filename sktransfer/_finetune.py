@@ -134,6 +134,16 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
 """
 
 
+def check_number(value, name, lo, hi, lo_open, hi_open):
+    """Raise a ValueError unless ``value`` is a real number (not a bool) in the interval."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and (
+        (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    )
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+
+
 class BaseFineTune(SaveMixin, BaseEstimator):
     """Training engine shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
@@ -232,13 +242,7 @@ class BaseFineTune(SaveMixin, BaseEstimator):
             ("validation_fraction", 0, 1, True, True),
             ("fusion_alpha", 0, 1, False, False),
         ]:
-            value = getattr(self, name)
-            ok = isinstance(value, Real) and not isinstance(value, bool) and (
-                (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-            )
-            if not ok:
-                interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-                raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+            check_number(getattr(self, name), name, lo, hi, lo_open, hi_open)
         if self.layer_decay is not None and not (isinstance(self.layer_decay, Real) and 0 < self.layer_decay <= 1):
             raise ValueError(f"layer_decay must be None or a float in (0, 1], got {self.layer_decay!r}.")
         if self.optimizer not in OPTIMIZERS:

@@ -8,7 +8,7 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
-from ._finetune import SHARED_PARAMETERS, BaseFineTune
+from ._finetune import SHARED_PARAMETERS, BaseFineTune, check_number
 from ._tasks import regression_loss, regression_score
 
 LOSSES = ("squared_error", "huber")
@@ -129,9 +129,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         super()._check_params()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-        d = self.huber_delta
-        if isinstance(d, bool) or not isinstance(d, (int, float, np.floating)) or not d > 0:
-            raise ValueError(f"huber_delta must be a number > 0, got {d!r}.")
+        check_number(self.huber_delta, "huber_delta", 0, np.inf, lo_open=True, hi_open=True)
 
     def _check_y(self, y, n_samples):
         y = super()._check_y(y, n_samples)

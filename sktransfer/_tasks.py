@@ -21,65 +21,61 @@ def _weighted_mean(losses, weight):
     return (losses * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
-def _columns(logits, target, splits):
-    """Per task: (its logits, its target column); one task when target is 1-D."""
+def _class_columns(logits, target, splits):
+    """Per task with a label somewhere: ``(t, logits, labels, mask)``, logits and labels of the masked rows."""
+    columns = [(logits, target)] if target.ndim == 1 else zip(logits.split(list(splits), dim=1), target.unbind(1))
+    for t, (out, col) in enumerate(columns):
+        known = col >= 0
+        if bool(known.any()):
+            yield t, out[known], col[known], known
+
+
+def _value_columns(pred, target):
+    """Per task with a known value: ``(t, predictions, targets, mask)`` of the masked rows, float32."""
+    pred, target = pred.float(), target.float()
     if target.ndim == 1:
-        return [(logits, target)]
-    return list(zip(logits.split(list(splits), dim=1), target.unbind(1)))
+        pred, target = pred[:, :1], target[:, None]
+    for t in range(target.shape[1]):
+        known = ~torch.isnan(target[:, t])
+        if bool(known.any()):
+            yield t, pred[known, t], target[known, t], known
 
 
 def classification_loss(logits, target, weight, splits, task_weights, label_smoothing=0.0):
     """Weighted cross-entropy summed over tasks (``splits``: classes per task)."""
     total = logits.new_zeros((), dtype=torch.float32)
-    for t, (out, col) in enumerate(_columns(logits, target, splits)):
-        known = col >= 0
-        if not bool(known.any()):
-            continue
-        losses = F.cross_entropy(out[known].float(), col[known], reduction="none", label_smoothing=label_smoothing)
+    for t, out, col, known in _class_columns(logits, target, splits):
+        losses = F.cross_entropy(out.float(), col, reduction="none", label_smoothing=label_smoothing)
         total = total + float(task_weights[t]) * _weighted_mean(losses, weight[known])
     return total
 
 
 def classification_score(logits, target, weight, splits):
     """Weighted accuracy, averaged over tasks, on the labelled samples of each task."""
-    scores = []
-    for out, col in _columns(logits, target, splits):
-        known = col >= 0
-        if bool(known.any()):
-            correct = (out[known].argmax(1) == col[known]).float()
-            scores.append(_weighted_mean(correct, weight[known]))
+    scores = [
+        _weighted_mean((out.argmax(1) == col).float(), weight[known])
+        for _, out, col, known in _class_columns(logits, target, splits)
+    ]
     return torch.stack(scores).mean() if scores else torch.tensor(float("nan"))
 
 
 def regression_loss(pred, target, weight, task_weights, loss="squared_error", delta=1.0):
     """Squared error (halved) or Huber loss, per task over its non-missing values."""
-    pred, target = pred.float(), target.float()
-    if target.ndim == 1:
-        pred, target = pred[:, :1], target[:, None]
-    total = pred.new_zeros(())
-    for t in range(target.shape[1]):
-        known = ~torch.isnan(target[:, t])
-        if not bool(known.any()):
-            continue
+    total = pred.new_zeros((), dtype=torch.float32)
+    for t, p, y, known in _value_columns(pred, target):
         if loss == "huber":
-            losses = F.huber_loss(pred[known, t], target[known, t], reduction="none", delta=delta)
+            losses = F.huber_loss(p, y, reduction="none", delta=delta)
         else:
-            losses = 0.5 * (pred[known, t] - target[known, t]) ** 2
+            losses = 0.5 * (p - y) ** 2
         total = total + float(task_weights[t]) * _weighted_mean(losses, weight[known])
     return total
 
 
 def regression_score(pred, target, weight):
     """Weighted R², averaged over tasks, on the known values of each task."""
-    pred, target = pred.float(), target.float()
-    if target.ndim == 1:
-        pred, target = pred[:, :1], target[:, None]
     scores = []
-    for t in range(target.shape[1]):
-        known = ~torch.isnan(target[:, t])
-        if not bool(known.any()):
-            continue
-        y, p, w = target[known, t], pred[known, t], weight[known]
+    for _, p, y, known in _value_columns(pred, target):
+        w = weight[known]
         mean = _weighted_mean(y, w)
         residual = (w * (y - p) ** 2).sum()
         spread = (w * (y - mean) ** 2).sum()

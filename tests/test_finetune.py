@@ -354,6 +354,8 @@ def test_keyboard_interrupt_keeps_a_usable_estimator(data, monkeypatch):
         ({"optimizer": "lion"}, "optimizer must be one of"),
         ({"lr_schedule": "wavy"}, "lr_schedule must be one of"),
         ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"label_smoothing": 1.0}, r"label_smoothing must be a number in \[0, 1\)"),
+        ({"label_smoothing": True}, "label_smoothing must be a number"),
     ],
 )
 def test_bad_parameters(data, params, match):

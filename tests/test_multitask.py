@@ -165,6 +165,8 @@ def test_regressor_multi_output_with_missing_values_and_huber(data):
         FineTuneRegressor(**FAST).fit(X, np.where(np.arange(64) % 5, y, np.nan))
     with pytest.raises(ValueError, match="loss must be one of"):
         FineTuneRegressor(loss="l1", **FAST).fit(X, y)
+    with pytest.raises(ValueError, match=r"huber_delta must be a number in \(0, inf\)"):
+        FineTuneRegressor(huber_delta=0, **FAST).fit(X, y)
 
 
 def test_regressor_freezes_and_regularises_like_the_classifier(data):
