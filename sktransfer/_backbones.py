@@ -73,13 +73,17 @@ class Backbone(nn.Module):
     family : str
         How ``forward_features`` runs ``model``.
     body : tuple of str
-        For torchvision families, the children applied in sequence.
+        For torchvision families (and backbones cut at a stage), the modules
+        applied in sequence.
     stages : list of (str, list of str)
         Stage names and their parameter names, input to output.
     preprocessing : Preprocessing
         Native input size, normalisation and interpolation.
     weights : str or None
         Description of the loaded weights.
+    cut_stage : int or None
+        The stage after which the backbone was cut (``layer="stageK"`` of a
+        fine-tuning estimator); ``None``: whole.
     """
 
     def __init__(self, model, *, name, family, preprocessing, body=(), stages=None, weights=None):
@@ -91,6 +95,7 @@ class Backbone(nn.Module):
         self.preprocessing = preprocessing
         self.weights = weights
         self.stages = stages if stages is not None else _generic_stages(self)
+        self.cut_stage = None  # set by sktransfer._cut.cut_backbone
 
     # -- forward passes -------------------------------------------------
     def forward(self, x):
@@ -107,6 +112,10 @@ class Backbone(nn.Module):
             for child in self.body:
                 x = getattr(m, child)(x)
             return F.relu(x) if self.name.startswith("densenet") else x
+        if family == "chain":  # a backbone cut at a stage (sktransfer._cut)
+            for name in self.body:
+                x = m.get_submodule(name)(x)
+            return x
         if family == "tv_vit":
             x = m._process_input(x)
             cls = m.class_token.expand(x.shape[0], -1, -1)

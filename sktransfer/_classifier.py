@@ -11,7 +11,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
-from ._finetune import SHARED_PARAMETERS, BaseFineTune, check_number
+from ._finetune import DEFAULT_MIN_STEPS, SHARED_PARAMETERS, BaseFineTune, check_number
+from ._head_init import solve_logistic
 from ._tasks import classification_loss, classification_score
 
 
@@ -76,6 +77,11 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         Epoch (0-based, counted in ``history_``) whose weights were kept by
         early stopping; ``None`` without early stopping.
     n_frozen_stages_ : int
+    layer_ : str
+        Where the backbone was cut: ``"stageK"``, or ``"embedding"`` for the
+        whole backbone (see ``layer``).
+    bn_stats_ : {"pretrained", "update"}
+        The BatchNorm setting used in training (see ``bn_stats``).
     pixel_range_ : tuple of float
     n_features_in_ : int
         Only when ``X`` is a 2-D table.
@@ -115,6 +121,10 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         weight_decay=1e-4,
         dropout=0.2,
         pooling="avg",
+        layer="auto",
+        head_init="solve",
+        min_steps=DEFAULT_MIN_STEPS,
+        bn_stats="auto",
         augment="default",
         early_stopping=False,
         validation_fraction=0.1,
@@ -141,6 +151,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
             regularization=regularization, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
             optimizer=optimizer, lr_schedule=lr_schedule, backbone_lr_scale=backbone_lr_scale,
             layer_decay=layer_decay, weight_decay=weight_decay, dropout=dropout, pooling=pooling,
+            layer=layer, head_init=head_init, min_steps=min_steps, bn_stats=bn_stats,
             augment=augment, early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, linear_probe_epochs=linear_probe_epochs,
             fusion_alpha=fusion_alpha, task_weights=task_weights, image_size=image_size,
@@ -246,6 +257,16 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
 
     def _stratify_labels(self, y_enc):
         return y_enc if y_enc.ndim == 1 else None
+
+    def _solved_head(self, z, y_enc, w):
+        target = torch.as_tensor(y_enc).reshape(len(y_enc), -1)
+        coefs, biases = [], []
+        for t, n_classes in enumerate(self._splits()):
+            known = target[:, t] >= 0
+            coef, bias = solve_logistic(z[known], target[known, t], w[known], n_classes)
+            coefs.append(coef)
+            biases.append(bias)
+        return torch.cat(coefs), torch.cat(biases)
 
     # ---------------------------------------------------------------- fitting
     def fit(self, X, y, sample_weight=None):

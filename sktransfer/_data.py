@@ -55,14 +55,15 @@ def batch_indices(n, batch_size, rng=None):
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def precompute(fn, net, data, device, batch_size):
-    """``fn`` applied to every prepared image once, ``net`` in eval mode, kept on the CPU."""
+def precompute(fn, net, data, device, batch_size, indices=None):
+    """``fn`` applied once to every prepared image (or those at ``indices``),
+    ``net`` in eval mode, kept on the CPU."""
     net.eval()
     out = []
+    indices = np.arange(len(data)) if indices is None else np.asarray(indices)
     with torch.no_grad(), autocast(device):  # not inference_mode: the head trains on these
-        for start in range(0, len(data), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(data)))
-            out.append(fn(data.batch(idx)).float().cpu())
+        for start in range(0, len(indices), batch_size):
+            out.append(fn(data.batch(indices[start:start + batch_size])).float().cpu())
     return _pinned(torch.cat(out), device)
 
 

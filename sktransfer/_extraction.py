@@ -56,7 +56,7 @@ def resolve_layers(backbone, layer):
             stage_names = [f"stage{i}" for i in range(len(stage_modules))]
             top = [n for n, _ in backbone.model.named_children()]
             raise ValueError(
-                f"Unknown layer {name!r} for backbone {backbone.name!r}. Valid: None or "
+                f"Unknown layer {name!r} for backbone {backbone.name!r}. Valid: 'auto', None or "
                 f"'{EMBEDDING}' (pooled embedding), '{LOGITS}', stages {stage_names} "
                 f"(= modules {stage_modules}), or any module name such as {top} "
                 "(all names: dict(model.named_modules()))."

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import DEFAULT_BACKBONE, load_backbone
 from ._cache import DEFAULT_MAX_BYTES, cached_transform, weights_digest
 from ._device import cpu_state, module_device, resolve_device
+from ._cut import resolve_layer
 from ._extraction import extract, optimize_for_cpu, resolve_layers
 from ._inputs import ArraySource, as_images, check_pixel_range, learn_pixel_range
 from ._loader import check_num_workers, resolve_num_workers
@@ -52,8 +53,14 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         the path of a state-dict file (loaded with ``weights_only=True``).
         Weights are read from the local cache only; missing ones raise
         :class:`~sktransfer.WeightsNotFoundError` saying what to download and where.
-    layer : None, str or list of str, default=None
-        ``None``: the pooled last feature map (penultimate embedding).
+    layer : "auto", None, str or list of str, default="auto"
+        ``"auto"``: the pooled last feature map at the backbone's native size,
+        and on small inputs, whose last maps shrink to 2x2 or 1x1 pixels, the
+        deepest stage whose map is still at least 4x4 (for Lite0: ``"stage5"``
+        at 64 px, ``"stage3"`` at 32 px). Measured on three image sets, that
+        stage beats the last map by 0.1-0.6 accuracy at those sizes (see the
+        user guide); the chosen layer is in ``layers_``.
+        ``None``: the pooled last feature map (penultimate embedding) always.
         ``"logits"``: the pretrained model's own output (ImageNet logits).
         ``"stageK"``: the output of backbone stage K. Any module name of the
         model (``"layer3"``, ``"features.4"``, ``"blocks.2"``). A list
@@ -152,7 +159,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self,
         backbone=DEFAULT_BACKBONE,
         weights="DEFAULT",
-        layer=None,
+        layer="auto",
         pooling="avg",
         image_size=None,
         input_shape=None,
@@ -220,8 +227,8 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         backbone.eval().requires_grad_(False)
         self.backbone_ = backbone
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
-        self.layers_ = resolve_layers(backbone, self.layer)
         size = self.preprocessing_.image_size
+        self.layers_ = resolve_layers(backbone, resolve_layer(backbone, self.layer, size))
         probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
         self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
         self.n_features_out_ = sum(self.layer_widths_)

@@ -21,7 +21,8 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from ._augment import resolve_augment
 from ._backbones import DEFAULT_BACKBONE, load_backbone
 from ._checkpoint import Checkpointer, run_digest
-from ._data import PreparedImages
+from ._cut import AUTO, EMBEDDING, cut_backbone, resolve_layer, stage_index
+from ._data import PreparedImages, precompute
 from ._device import (
     cpu_copy,
     cpu_state,
@@ -30,7 +31,8 @@ from ._device import (
 )
 from ._extraction import forward_batches
 from ._extractor import DOCS_URL, check_positive_int
-from ._freezing import check_freeze_depth, freeze
+from ._freezing import BN_STATS, check_freeze_depth, freeze, resolve_bn_stats
+from ._head_init import HEAD_INITS, set_head, standardise
 from ._inputs import as_images, check_pixel_range, learn_pixel_range
 from ._loader import check_num_workers, resolve_num_workers
 from ._network import TransferNet
@@ -50,6 +52,9 @@ from ._training import (
     make_scheduler,
     run_epoch,
 )
+
+# chosen from the learning curves of benchmarks/few_shot.py (docs/benchmarks.md)
+DEFAULT_MIN_STEPS = 100
 
 SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted estimator, default="efficientnet_lite0"
         As for :class:`PretrainedFeatureExtractor`. A fitted
@@ -87,6 +92,39 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         Dropout before the new head.
     pooling : str or None, default="avg"
         Pooling of the last feature map (see :class:`PretrainedFeatureExtractor`).
+    layer : "auto", None or "stageK", default="auto"
+        Where the backbone is cut: ``"stageK"`` keeps stages 0 ... K and
+        drops the rest (their weights are not trained, stored or run), ``None``
+        keeps the whole backbone. ``"auto"``: the whole backbone at its native
+        size; on small inputs, whose last maps shrink to 2x2 or 1x1 pixels, the
+        deepest stage whose map is still at least 4x4 (Lite0: ``"stage5"`` at
+        64 px, ``"stage3"`` at 32 px), which measured better and trains several
+        times faster there. ``layer_`` tells what was chosen; ``freeze_depth``
+        counts the stages that are kept.
+    head_init : {"solve", "random"}, default="solve"
+        ``"solve"``: before training, the new head is set to a linear model
+        solved on the frozen pretrained features of the training images
+        (L2-penalised logistic regression for the classifier, ridge for the
+        regressor, on standardised features), so that fine-tuning starts where
+        a linear probe ends and the backbone receives no random gradients.
+        ``"random"``: PyTorch's default initialisation.
+    min_steps : int, default=%(min_steps)s
+        Train for at least this many optimizer steps: ``max(max_epochs,
+        ceil(min_steps / steps per epoch))`` epochs. Few images make short
+        epochs (20 images at ``batch_size=32`` make one step); this gives them
+        a useful budget, and does nothing once ``max_epochs`` epochs are longer.
+        ``0``: exactly ``max_epochs`` epochs.
+    bn_stats : {"auto", "pretrained", "update"}, default="auto"
+        ``"pretrained"``: the backbone's BatchNorm layers normalise with their
+        pretrained running statistics in training as in prediction (their
+        scale and shift still train). ``"update"``: the trainable stages'
+        BatchNorm layers use batch statistics and update their running
+        averages (PyTorch's train mode; frozen stages never do). ``"auto"``:
+        ``"pretrained"`` when the training set holds fewer than 10 batches,
+        else ``"update"`` (``bn_stats_`` tells which). With few images the
+        running averages are estimated from few, noisy batches and pull the
+        features away from those the head was solved on; with many, adapting
+        them to the new images measured better.
     augment : "default", "flip", bool or callable, default="default" (classifier), False (regressor)
         Training-batch augmentation. ``"default"`` (or ``True``) is
         :class:`RandomAffine` without flips: random resized crop (70-100 % of
@@ -131,7 +169,7 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     warm_start : bool, default=False
         ``fit`` continues from the fitted weights instead of reloading.
 
-"""
+""".replace("%(min_steps)s", str(DEFAULT_MIN_STEPS))
 
 
 def check_number(value, name, lo, hi, lo_open, hi_open):
@@ -164,6 +202,10 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         weight_decay=1e-4,
         dropout=0.2,
         pooling="avg",
+        layer="auto",
+        head_init="solve",
+        min_steps=DEFAULT_MIN_STEPS,
+        bn_stats="auto",
         augment="default",
         early_stopping=False,
         validation_fraction=0.1,
@@ -197,6 +239,10 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.dropout = dropout
         self.pooling = pooling
+        self.layer = layer
+        self.head_init = head_init
+        self.min_steps = min_steps
+        self.bn_stats = bn_stats
         self.augment = augment
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -224,6 +270,18 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         if isinstance(self.linear_probe_epochs, bool) or not isinstance(self.linear_probe_epochs, Integral) \
                 or self.linear_probe_epochs < 0:
             raise ValueError(f"linear_probe_epochs must be an int >= 0, got {self.linear_probe_epochs!r}.")
+        if isinstance(self.min_steps, bool) or not isinstance(self.min_steps, Integral) or self.min_steps < 0:
+            raise ValueError(f"min_steps must be an int >= 0, got {self.min_steps!r}.")
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}.")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}.")
+        if not (self.layer is None or (isinstance(self.layer, str) and (
+                self.layer in (AUTO, EMBEDDING) or stage_index(self.layer, 10**6) is not None))):
+            raise ValueError(
+                f"layer must be 'auto', None (the whole backbone) or 'stageK' (the backbone cut after "
+                f"stage K), got {self.layer!r}."
+            )
         check_regularization(self.regularization, self.reg_lambda)
         check_pooling(self.pooling)
         check_pixel_range(self.pixel_range)
@@ -328,7 +386,8 @@ class BaseFineTune(SaveMixin, BaseEstimator):
                 self._build(device)
             else:
                 self.net_.to(device)
-            self._train(source, y_enc, w, rng, device, checkpointer, resume)
+            self._train(source, y_enc, w, rng, device, checkpointer, resume,
+                        init_head=resume is None and not continuing)
         return self
 
     def _adopt(self, fitted):
@@ -367,8 +426,12 @@ class BaseFineTune(SaveMixin, BaseEstimator):
                 self._build(device)
             self.net_.to(device)
             data = self._prepared(source, device)
+            if first:
+                self.bn_stats_ = resolve_bn_stats(self.bn_stats, len(source), self.batch_size)
+            if first and self.head_init == "solve":
+                self._solve_head(data, np.arange(len(source)), y_enc, w, device)
             if getattr(self, "_partial_optimizer", None) is None:
-                freeze(self.net_, self.n_frozen_stages_)
+                freeze(self.net_, self.n_frozen_stages_, self.bn_stats_)
                 self._partial_optimizer = make_optimizer(
                     self.net_, self.optimizer, self.lr, self.weight_decay,
                     self.backbone_lr_scale, self.layer_decay,
@@ -390,10 +453,20 @@ class BaseFineTune(SaveMixin, BaseEstimator):
     def _build(self, device):
         backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
+        size = self.preprocessing_.image_size
+        layer = resolve_layer(backbone, self.layer, size)
+        stage = None if layer in (None, EMBEDDING) else stage_index(layer, len(backbone.stages))
+        if layer not in (None, EMBEDDING) and stage is None:
+            raise ValueError(
+                f"layer={self.layer!r}: backbone {backbone.name!r} has stages stage0 ... "
+                f"stage{len(backbone.stages) - 1}."
+            )
+        if stage is not None:
+            backbone = cut_backbone(backbone, stage, size)
+        self.layer_ = EMBEDDING if stage is None else layer
         self.n_frozen_stages_ = check_freeze_depth(self.freeze_depth, len(backbone.stages))
         # the pretrained weights are kept during fit only when L2-SP or fusion needs them
         self._pretrained = _state_copy(backbone.model) if self._needs_anchor() else None
-        size = self.preprocessing_.image_size
         backbone.eval()
         with torch.inference_mode():
             probe = prepare_batch(torch.zeros(1, 3, size, size), self.preprocessing_, torch.device("cpu"))
@@ -423,7 +496,15 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         anchor = self._anchor_state() if self._uses_l2sp() else None
         return WeightPenalty(self.net_, self.reg_lambda, self.regularization, anchor)
 
-    def _train(self, source, y_enc, w, rng, device, checkpointer=None, resume=None):
+    def _solve_head(self, data, train_idx, y_enc, w, device):
+        """Start the head as a linear model solved on the frozen features (see ``_head_init``)."""
+        net = self.net_
+        features = precompute(net.features, net, data, device, self.batch_size, train_idx)
+        z, mean, scale = standardise(features)
+        coef, bias = self._solved_head(z, y_enc[train_idx], torch.as_tensor(w[train_idx]))
+        set_head(net.head, coef, bias, mean, scale)
+
+    def _train(self, source, y_enc, w, rng, device, checkpointer=None, resume=None, init_head=False):
         n = len(source)
         train_idx, valid_idx = np.arange(n), None
         if resume is not None:
@@ -432,13 +513,17 @@ class BaseFineTune(SaveMixin, BaseEstimator):
             train_idx, valid_idx = self._split(y_enc, rng)
         data = self._prepared(source, device)
         net = self.net_
+        self.bn_stats_ = resolve_bn_stats(self.bn_stats, len(train_idx), self.batch_size)
+        if init_head and self.head_init == "solve":
+            self._solve_head(data, train_idx, y_enc, w, device)
         steps = max(1, -(-len(train_idx) // self.batch_size))
         self._best = None if resume is None else resume.best()
         n_stages = len(net.backbone.stages)
         phases = []
         if self.linear_probe_epochs:
             phases.append(("linear_probe", n_stages, self.linear_probe_epochs))
-        phases.append(("fine_tune", self.n_frozen_stages_, self.max_epochs))
+        # a budget of at least min_steps optimizer steps: few images make short epochs
+        phases.append(("fine_tune", self.n_frozen_stages_, max(self.max_epochs, -(-self.min_steps // steps))))
         finished = False
         try:
             for index, (phase, n_frozen, epochs) in enumerate(phases):
@@ -446,7 +531,7 @@ class BaseFineTune(SaveMixin, BaseEstimator):
                     continue
                 resuming = resume is not None and index == resume.phase
                 done, no_improve = (resume.epochs_done, resume.no_improve) if resuming else (0, 0)
-                freeze(net, n_frozen)
+                freeze(net, n_frozen, self.bn_stats_)
                 optimizer = make_optimizer(
                     net, self.optimizer, self.lr, self.weight_decay, self.backbone_lr_scale, self.layer_decay
                 )

@@ -19,11 +19,26 @@ def check_freeze_depth(freeze_depth, n_stages):
     return int(freeze_depth)
 
 
-def freeze(net, n_frozen):
+BN_STATS = ("auto", "pretrained", "update")
+# bn_stats="auto": the pretrained statistics below this many training batches
+AUTO_BN_MIN_BATCHES = 10
+
+
+def resolve_bn_stats(bn_stats, n_train, batch_size):
+    """``"auto"`` -> ``"pretrained"`` for fewer than ``AUTO_BN_MIN_BATCHES`` batches, else ``"update"``."""
+    if bn_stats != "auto":
+        return bn_stats
+    return "pretrained" if n_train < AUTO_BN_MIN_BATCHES * batch_size else "update"
+
+
+def freeze(net, n_frozen, bn_stats="update"):
     """Freeze the first ``n_frozen`` stages of ``net.backbone``; unfreeze the rest.
 
+    ``bn_stats="pretrained"`` keeps every normalisation layer of the backbone on
+    its running statistics in training too (see :func:`train_mode`).
     Returns the names (in ``net.backbone.model``) of the frozen parameters.
     """
+    net.pretrained_norm_stats_ = bn_stats == "pretrained"
     backbone = net.backbone
     frozen = {p for _, params in backbone.stages[:n_frozen] for p in params}
     for name, param in backbone.model.named_parameters():
@@ -57,13 +72,19 @@ def _frozen_modules(net):
 
 
 def train_mode(net):
-    """``net.train()`` but frozen BatchNorm layers (and a fully frozen backbone) stay in eval mode."""
+    """``net.train()`` but frozen BatchNorm layers (and a fully frozen backbone) stay in eval mode;
+    with ``freeze(..., bn_stats="pretrained")`` every BatchNorm layer does."""
     net.train()
     backbone = getattr(net, "backbone", None)
     if backbone is None:  # a head on precomputed features
         return
     if all(not p.requires_grad for p in backbone.parameters()):
         backbone.eval()
+        return
+    if getattr(net, "pretrained_norm_stats_", False):
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.eval()
         return
     for module in _frozen_modules(net):
         module.eval()

@@ -101,8 +101,11 @@ def _backbone_recipe(backbone, path):
             "rebuild it from without running code. Use pickle or joblib (trusted files only), or save "
             "its state_dict and pass it as weights= with a registry backbone."
         )
-    return {"name": backbone.name, "family": backbone.family, "weights": backbone.weights,
-            "preprocessing": dict(vars(backbone.preprocessing))}
+    recipe = {"name": backbone.name, "family": backbone.family, "weights": backbone.weights,
+              "preprocessing": dict(vars(backbone.preprocessing))}
+    if getattr(backbone, "cut_stage", None) is not None:
+        recipe["cut_stage"] = backbone.cut_stage
+    return recipe
 
 
 def save_estimator(estimator, path, extra=None, extra_tensors=None):
@@ -198,6 +201,10 @@ def _rebuild_backbone(recipe):
     from ._preprocessing import Preprocessing
 
     backbone = _load_named(recipe["name"], None)  # the architecture only: weights come from the file
+    if recipe.get("cut_stage") is not None:
+        from ._cut import cut_backbone
+
+        backbone = cut_backbone(backbone, recipe["cut_stage"], recipe["preprocessing"]["image_size"])
     if backbone.family != recipe["family"]:
         raise ValueError(f"backbone {recipe['name']!r} is a {backbone.family} model here, "
                          f"{recipe['family']} in the file (different library versions?).")

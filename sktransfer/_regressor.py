@@ -8,7 +8,8 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._backbones import DEFAULT_BACKBONE
-from ._finetune import SHARED_PARAMETERS, BaseFineTune, check_number
+from ._finetune import DEFAULT_MIN_STEPS, SHARED_PARAMETERS, BaseFineTune, check_number
+from ._head_init import solve_ridge
 from ._tasks import regression_loss, regression_score
 
 LOSSES = ("squared_error", "huber")
@@ -53,7 +54,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     history_ : list of dict
         Per epoch: ``train_loss``, ``valid_loss`` (standardised units),
         ``valid_score`` (R²), ``lr``, ``seconds``...
-    n_epochs_, best_epoch_, n_frozen_stages_, pixel_range_, n_features_in_
+    n_epochs_, best_epoch_, n_frozen_stages_, layer_, bn_stats_, pixel_range_, n_features_in_
         As for :class:`FineTuneClassifier`.
 
     See Also
@@ -89,6 +90,10 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         weight_decay=1e-4,
         dropout=0.2,
         pooling="avg",
+        layer="auto",
+        head_init="solve",
+        min_steps=DEFAULT_MIN_STEPS,
+        bn_stats="auto",
         augment=False,
         early_stopping=False,
         validation_fraction=0.1,
@@ -114,6 +119,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
             regularization=regularization, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
             optimizer=optimizer, lr_schedule=lr_schedule, backbone_lr_scale=backbone_lr_scale,
             layer_decay=layer_decay, weight_decay=weight_decay, dropout=dropout, pooling=pooling,
+            layer=layer, head_init=head_init, min_steps=min_steps, bn_stats=bn_stats,
             augment=augment, early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, linear_probe_epochs=linear_probe_epochs,
             fusion_alpha=fusion_alpha, task_weights=task_weights, image_size=image_size,
@@ -175,6 +181,16 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
 
     def _stratify_labels(self, y_enc):
         return None
+
+    def _solved_head(self, z, y_enc, w):
+        target = torch.as_tensor(y_enc).reshape(len(y_enc), -1)
+        coefs, biases = [], []
+        for t in range(target.shape[1]):
+            known = ~torch.isnan(target[:, t])
+            coef, bias = solve_ridge(z[known], target[known, t], w[known])
+            coefs.append(coef)
+            biases.append(bias)
+        return torch.stack(coefs), torch.stack(biases)
 
     # ---------------------------------------------------------------- fitting
     def fit(self, X, y, sample_weight=None):

@@ -1,0 +1,178 @@
+"""Learning curves with few labelled images: sktransfer's defaults beside the alternatives.
+
+For each image set (``_datasets.py``: digits, photo_crops, faces), image size (32, 64) and
+number of labelled training images n (20, 50, 100, 200, 500 and the whole pool), on a fixed
+stratified held-out test set:
+
+* LogisticRegression on raw pixels (scaled to [0, 1]);
+* StandardScaler + LogisticRegression on frozen Lite0 embeddings, for the last feature map
+  (``layer=None``, the extractor's old default), ``"stage5"`` and ``layer="auto"`` (the default);
+* ``FineTuneClassifier(image_size=..., random_state=0)``: nothing else set;
+* skorch ``NeuralNetClassifier`` on the same Lite0 network (whole backbone, AdamW lr 1e-3, batch
+  32, 10 epochs, no validation split), for n <= ``--skorch-max-n`` (its cost grows with n).
+
+Small n are averaged over ``--repeats`` stratified draws. Usage::
+
+    python benchmarks/few_shot.py [--sets digits photo_crops faces] [--sizes 32 64]
+        [--repeats 3] [--figure docs/figures/few_shot.png]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from _common import machine
+from _datasets import SETS
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, load_backbone
+from sktransfer._preprocessing import prepare_batch
+
+SIZES = {"digits": [20, 50, 100, 200, 500, None], "photo_crops": [20, 50, 100, 200, 500, None],
+         "faces": [20, 50, None]}
+TEST = {"digits": 500, "photo_crops": 500, "faces": 80}
+FROZEN_LAYERS = {"last map (layer=None)": None, "stage5": "stage5", "auto (default)": "auto"}
+
+
+def draws(y_pool, n, repeats):
+    if n is None or n >= len(y_pool):
+        return [np.arange(len(y_pool))]
+    return [train_test_split(np.arange(len(y_pool)), train_size=n, stratify=y_pool, random_state=s)[0]
+            for s in range(repeats if n <= 50 else 1)]
+
+
+def as_unit(X):
+    return X.astype(np.float32) / (255.0 if X.dtype == np.uint8 else max(1.0, float(X.max())))
+
+
+def skorch_fit_score(Xtr, ytr, Xte, yte, size, n_classes, epochs=10):
+    from skorch import NeuralNetClassifier
+
+    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=size)
+
+    def ready(X):
+        return prepare_batch(torch.tensor(as_unit(X)[:, None]), spec, torch.device("cpu")).numpy()
+
+    class LiteNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = load_backbone("efficientnet_lite0").model
+            self.head = torch.nn.Linear(1280, n_classes)
+
+        def forward(self, x):
+            return self.head(self.backbone.forward_features(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        LiteNet, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.AdamW, lr=1e-3,
+        max_epochs=epochs, batch_size=32, train_split=None, iterator_train__shuffle=True, verbose=0,
+    )
+    net.fit(ready(Xtr), ytr.astype(np.int64))
+    return float((net.predict(ready(Xte)) == yte).mean())
+
+
+def curve(name, size, repeats, skorch_max_n):
+    X, y = SETS[name]()
+    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=0)
+    flat = lambda a: as_unit(a).reshape(len(a), -1)  # noqa: E731
+    embeddings = {}
+    for label, layer in FROZEN_LAYERS.items():
+        ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
+        embeddings[label] = (ext.transform(Xp), ext.transform(Xt), ext.layers_[0][0])
+    rows = []
+    for n in SIZES[name]:
+        idxs = draws(yp, n, repeats)
+        row = {"n": len(idxs[0]), "draws": len(idxs)}
+        row["raw pixels + LR"] = np.mean([
+            LogisticRegression(max_iter=1000).fit(flat(Xp[i]), yp[i]).score(flat(Xt), yt) for i in idxs])
+        for label, (Fp, Ft, _) in embeddings.items():
+            row[f"frozen {label} + LR"] = np.mean([
+                make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(Fp[i], yp[i]).score(Ft, yt)
+                for i in idxs])
+        scores, seconds = [], []
+        for i in idxs:
+            start = time.perf_counter()
+            clf = FineTuneClassifier(image_size=size, random_state=0).fit(Xp[i], yp[i])
+            seconds.append(time.perf_counter() - start)
+            scores.append(clf.score(Xt, yt))
+        row["FineTuneClassifier (defaults)"] = np.mean(scores)
+        row["fit s"] = np.mean(seconds)
+        row["layer_"] = clf.layer_
+        if skorch_max_n and row["n"] <= skorch_max_n:
+            row["skorch, 10 epochs"] = np.mean([
+                skorch_fit_score(Xp[i], yp[i], Xt, yt, size, len(np.unique(y))) for i in idxs])
+        rows.append(row)
+        print(f"  {name} {size}px n={row['n']}: " + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "n"), flush=True)
+    auto_layer = embeddings["auto (default)"][2]
+    return rows, auto_layer, len(yt)
+
+
+def table(name, size, rows, auto_layer, n_test):
+    methods = [k for k in rows[0] if k not in ("n", "draws", "fit s", "layer_")]
+    methods += [k for k in rows[-1] if k not in methods and k not in ("n", "draws", "fit s", "layer_")] \
+        if len(rows[-1]) > len(rows[0]) else []
+    print(f"\n{name}, {size} px ({n_test} test images; frozen auto layer = {auto_layer}; "
+          f"FineTuneClassifier layer_ = {rows[0]['layer_']})\n")
+    print("| n labelled | " + " | ".join(methods) + " | FineTune fit s | FineTune >= best LR |")
+    print("|---:|" + "---:|" * (len(methods) + 2))
+    for row in rows:
+        best_lr = max(v for k, v in row.items() if k.endswith("+ LR"))
+        cells = [f"{row[m]:.3f}" if m in row else "-" for m in methods]
+        ok = "yes" if row["FineTuneClassifier (defaults)"] >= best_lr else \
+            f"no ({row['FineTuneClassifier (defaults)'] - best_lr:+.3f})"
+        n = f"{row['n']}" + (f" (mean of {row['draws']})" if row["draws"] > 1 else "")
+        print(f"| {n} | " + " | ".join(cells) + f" | {row['fit s']:.1f} | {ok} |")
+
+
+def figure(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, ((name, size), rows) in zip(axes[0], results.items()):
+        ns = [r["n"] for r in rows]
+        for key, style in (("FineTuneClassifier (defaults)", "o-"), ("raw pixels + LR", "s--"),
+                           ("frozen auto (default) + LR", "^--"), ("frozen last map (layer=None) + LR", "v:"),
+                           ("skorch, 10 epochs", "x-.")):
+            pts = [(r["n"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=key.replace(" (defaults)", ""))
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_title(f"{name}, {size} px")
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sets", nargs="+", default=list(SETS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skorch-max-n", type=int, default=200)
+    parser.add_argument("--figure", default=None)
+    args = parser.parse_args()
+    print(f"Machine: {machine()}")
+    results = {}
+    for name in args.sets:
+        for size in args.sizes:
+            rows, auto_layer, n_test = curve(name, size, args.repeats, args.skorch_max_n)
+            table(name, size, rows, auto_layer, n_test)
+            results[(name, size)] = rows
+    if args.figure:
+        figure(results, args.figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The new head solved on the frozen pretrained features before fine-tuning starts.
+
+A randomly initialised head sends random gradients into the pretrained
+backbone for the first steps, and with few images there are few steps to
+recover from them (LP-FT, Kumar et al., 2022). Instead, the head starts as the
+solution of a linear model on the pooled pretrained features of the training
+images, standardised:
+
+* classification: multinomial logistic regression with an L2 penalty
+  (scikit-learn's objective ``C * sum_i w_i CE_i + ||W||^2 / 2``, ``C=1``),
+  minimised by L-BFGS; classes absent from the training rows get no weight and
+  are pushed down by the others;
+* regression: ridge regression (``alpha=1``) on the standardised targets.
+
+The standardisation is folded into the head's weight and bias, so the network
+computes the same function as ``model.predict(scaler.transform(features))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+HEAD_INITS = ("solve", "random")
+C = 1.0
+RIDGE_ALPHA = 1.0
+
+
+def standardise(features):
+    """``(Z, mean, scale)`` with ``Z = (features - mean) / scale`` (float64)."""
+    x = features.double()
+    mean = x.mean(0)
+    scale = x.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
+    return (x - mean) / scale, mean, scale
+
+
+def solve_logistic(z, labels, weight, n_classes, c=C, max_iter=200):
+    """Weights ``(n_classes, d)`` and bias of an L2-penalised multinomial logistic regression."""
+    d = z.shape[1]
+    coef = torch.zeros(n_classes, d, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    w = weight.double()
+    total = w.sum().clamp(min=1e-12)
+    optimizer = torch.optim.LBFGS(
+        [coef, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        losses = F.cross_entropy(z @ coef.T + bias, labels, reduction="none")
+        objective = (w * losses).sum() / total + (coef ** 2).sum() / (2 * c * total)
+        objective.backward()
+        return objective
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return coef.detach(), bias.detach()
+
+
+def solve_ridge(z, target, weight, alpha=RIDGE_ALPHA):
+    """Weights ``(d,)`` and bias of a weighted ridge regression of one target."""
+    w = weight.double()
+    mean_z = (w[:, None] * z).sum(0) / w.sum()
+    mean_y = (w * target.double()).sum() / w.sum()
+    zc, yc = z - mean_z, target.double() - mean_y
+    gram = zc.T @ (w[:, None] * zc) + alpha * torch.eye(z.shape[1], dtype=torch.float64)
+    coef = torch.linalg.solve(gram, zc.T @ (w * yc))
+    return coef, mean_y - mean_z @ coef
+
+
+def set_head(head, coef, bias, mean, scale):
+    """Write a linear model on standardised features into ``head`` (an ``nn.Linear``)."""
+    weight = coef / scale
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        head.bias.copy_((bias - weight @ mean).to(head.bias.dtype))

@@ -1,0 +1,187 @@
+"""The few-label recipe: layer="auto" and backbones cut at a stage, the solved head, min_steps."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeatureExtractor, load, load_backbone
+from sktransfer._cut import auto_stage, cut_backbone, stage_map_sides
+from sktransfer._head_init import solve_logistic, solve_ridge, standardise
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_backbone()
+
+
+@pytest.mark.parametrize("size, stage", [(32, 3), (64, 5), (96, 5), (224, None)])
+def test_auto_stage_is_the_deepest_map_of_at_least_4x4(lite0, size, stage):
+    sides, final = stage_map_sides(lite0, size)
+    assert auto_stage(lite0, size) == stage
+    if stage is None:
+        assert final >= 4
+    else:
+        assert sides[stage] >= 4 and all(s < 4 for s in sides[stage + 1:]) and final < 4
+
+
+def test_extractor_default_layer_follows_the_image_size(digits):
+    _, X, _ = digits
+    small = PretrainedFeatureExtractor(image_size=64, cache=False).fit(X[:4])
+    assert small.layers_[0][0] == "stage5" and small.n_features_out_ == 112
+    stage5 = PretrainedFeatureExtractor(image_size=64, layer="stage5", cache=False).fit(X[:4])
+    np.testing.assert_array_equal(small.transform(X[:6]), stage5.transform(X[:6]))
+    native = PretrainedFeatureExtractor(cache=False).fit(X[:2])
+    assert native.layers_[0][0] == "embedding" and native.n_features_out_ == 1280
+
+
+def test_cut_backbone_computes_the_stage_output_and_drops_the_rest(lite0):
+    full = load_backbone().eval()
+    cut = cut_backbone(load_backbone(), 3, 64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    captured = {}
+    target = full.stage_output_modules()[3]
+    full.model.get_submodule(target).register_forward_hook(lambda m, i, out: captured.update(x=out))
+    with torch.no_grad():
+        full.forward_features(x)
+        out = cut.forward_features(x)
+    torch.testing.assert_close(out, captured["x"], rtol=0, atol=0)
+    assert len(cut.stages) == 4 and cut.cut_stage == 3
+    kept = set(cut.model.state_dict())
+    assert not any(k.startswith(("blocks.3.", "blocks.6.", "conv_head.")) for k in kept)
+    # the names of what is kept are unchanged (L2-SP anchors, saved files)
+    assert kept <= set(full.model.state_dict())
+    n_cut = sum(p.numel() for p in cut.parameters())
+    assert n_cut < sum(p.numel() for p in full.parameters()) / 10
+
+
+def test_solve_logistic_matches_scikit_learn(rng):
+    X = rng.normal(size=(120, 6))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    w = rng.uniform(0.5, 2.0, size=120)
+    z, mean, scale = standardise(torch.as_tensor(X))
+    coef, bias = solve_logistic(z, torch.as_tensor(y), torch.as_tensor(w), 3)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(z.numpy(), y, sample_weight=w)
+    ours = torch.softmax(z @ coef.T + bias, 1).numpy()
+    np.testing.assert_allclose(ours, ref.predict_proba(z.numpy()), atol=2e-4)
+
+
+def test_solve_ridge_matches_scikit_learn(rng):
+    X = rng.normal(size=(80, 5))
+    y = X @ np.arange(1, 6) + rng.normal(size=80)
+    w = rng.uniform(0.5, 2.0, size=80)
+    z = torch.as_tensor(X)
+    coef, bias = solve_ridge(z, torch.as_tensor(y), torch.as_tensor(w))
+    ref = Ridge(alpha=1.0).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(coef.numpy(), ref.coef_, rtol=1e-8)
+    np.testing.assert_allclose(float(bias), ref.intercept_, rtol=1e-8)
+
+
+def test_solved_head_is_the_linear_probe_of_the_frozen_features(digits):
+    """Untrained (lr ~ 0, frozen backbone), the network is StandardScaler + LogisticRegression(C=1)."""
+    _, X_all, y_all = digits
+    X, y, Xt, yt = X_all[:90], y_all[:90], X_all[200:260], y_all[200:260]
+    clf = FineTuneClassifier(
+        image_size=32, freeze_depth="all", lr=1e-12, max_epochs=1, min_steps=0, augment=False,
+        random_state=0,
+    ).fit(X, y)
+    assert clf.layer_ == "stage3"
+    probe = make_pipeline(
+        PretrainedFeatureExtractor(image_size=32, layer="stage3", cache=False), StandardScaler(),
+        LogisticRegression(C=1.0, tol=1e-10, max_iter=10000),
+    ).fit(X, y)
+    np.testing.assert_allclose(clf.predict_proba(Xt), probe.predict_proba(Xt), atol=2e-3)
+    random = FineTuneClassifier(
+        image_size=32, freeze_depth="all", lr=1e-12, max_epochs=1, min_steps=0, augment=False,
+        head_init="random", random_state=0,
+    ).fit(X, y)
+    assert random.score(Xt, yt) < 0.5 < clf.score(Xt, yt)
+
+
+def test_solved_head_for_regression_is_ridge(digits):
+    _, X, y = digits
+    target = y[:80].astype(float) * 3 + 1
+    reg = FineTuneRegressor(
+        image_size=32, freeze_depth="all", lr=1e-12, max_epochs=1, min_steps=0, augment=False, dropout=0.0,
+        random_state=0,
+    ).fit(X[:80], target)
+    ext = PretrainedFeatureExtractor(image_size=32, layer="stage3", cache=False).fit(X[:80])
+    F = ext.transform(X[:80]).astype(np.float64)
+    Z = (F - F.mean(0)) / np.where(F.std(0) > 1e-12, F.std(0), 1)
+    scaled = (target - target.mean()) / target.std()
+    ridge = Ridge(alpha=1.0).fit(Z, scaled)
+    np.testing.assert_allclose(reg.predict(X[:80]), ridge.predict(Z) * target.std() + target.mean(), atol=2e-3)
+
+
+def test_min_steps_lengthens_short_epochs(digits):
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, batch_size=16, max_epochs=1, min_steps=9, random_state=0).fit(X[:40], y[:40])
+    assert clf.n_epochs_ == 3 and len(clf.history_) == 3  # 3 steps an epoch
+    clf.set_params(min_steps=0).fit(X[:40], y[:40])
+    assert clf.n_epochs_ == 1
+
+
+def test_cut_network_saves_pickles_and_exports(tmp_path, digits):
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=0, random_state=0).fit(X[:40], y[:40])
+    expected = clf.predict_proba(X[40:60])
+    clf.save(tmp_path / "clf.sktransfer")
+    np.testing.assert_allclose(load(tmp_path / "clf.sktransfer").predict_proba(X[40:60]), expected, atol=1e-6)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(clf)).predict_proba(X[40:60]), expected, atol=1e-6)
+    exported = clf.export_backbone()
+    assert exported.cut_stage == 3
+    ext = PretrainedFeatureExtractor(backbone=exported, image_size=32, layer=None, cache=False).fit(X[:2])
+    assert ext.n_features_out_ == 40
+
+
+def test_layer_and_freeze_depth_count_the_kept_stages(digits):
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, layer="stage2", freeze_depth=3, max_epochs=1, min_steps=0)
+    clf.fit(X[:20], y[:20])
+    assert clf.layer_ == "stage2" and clf.n_frozen_stages_ == 3
+    with pytest.raises(ValueError, match=r"freeze_depth must be an int in \[0, 3\]"):
+        clf.set_params(freeze_depth=4).fit(X[:20], y[:20])
+    with pytest.raises(ValueError, match="stage0 ... stage7"):
+        clf.set_params(freeze_depth=0, layer="stage9").fit(X[:20], y[:20])
+    whole = FineTuneClassifier(image_size=32, layer=None, max_epochs=1, min_steps=0).fit(X[:20], y[:20])
+    assert whole.layer_ == "embedding" and len(whole.net_.backbone.stages) == 8
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(min_steps=-1), "min_steps must be an int >= 0"),
+    (dict(min_steps=2.5), "min_steps must be an int >= 0"),
+    (dict(head_init="zeros"), "head_init must be one of"),
+    (dict(layer="blocks.2"), "layer must be 'auto', None"),
+    (dict(layer=["stage2"]), "layer must be 'auto', None"),
+])
+def test_new_parameters_are_checked_at_fit(params, match, digits):
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, **params)
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X[:10], y[:10])
+
+
+def test_design_card_grid_search_learns_at_a_cheap_setting(digits):
+    """Issue 14: 32 px, 2 epochs, 300 digits, 3 folds: the best candidate scores >= 0.7."""
+    from sklearn.model_selection import GridSearchCV
+
+    _, X, y = digits
+    search = GridSearchCV(
+        FineTuneClassifier(image_size=32, max_epochs=2, random_state=0),
+        {"freeze_depth": [0, 2, "all"], "reg_lambda": [0.0, 0.1]}, cv=3,
+    ).fit(X[:300], y[:300])
+    assert search.best_score_ >= 0.7
+    assert search.cv_results_["mean_test_score"].min() >= 0.5  # no candidate is left at chance
+
+
+def test_default_extractor_pipeline_on_small_digits(digits):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    _, X, y = digits
+    model = make_pipeline(PretrainedFeatureExtractor(image_size=64), LogisticRegression(max_iter=1000))
+    assert cross_val_score(model, X[:300], y[:300], cv=3).mean() >= 0.8
