@@ -2,12 +2,15 @@
 
 Part A (accuracy, defaults + random_state): load_digits (70/30 stratified split, image_size=64)
 and a second real image set (crops of scikit-image photographs, labelled by photograph).
+Part B0 (same epochs as skorch, issue 14): skorch as written by its users beside sktransfer's
+defaults at 2 and 10 epochs on 600 digits.
 Part B (vs skorch): the same EfficientNet-Lite0 backbone, data, epochs, batch size, optimizer
 and learning rate, with a frozen backbone and with full fine-tuning.
 Part C (partial freezing): the first k stages frozen, no augmentation: sktransfer computing
 the frozen prefix once, sktransfer running it every step, and skorch with a Freezer. Usage::
 
-    python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-skorch] [--skip-prefix]
+    python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-equal-epochs] [--skip-skorch]
+        [--skip-prefix]
 """
 
 import argparse
@@ -51,6 +54,11 @@ def photo_crops(per_class=60, size=48, seed=0):
     return train_test_split(np.stack(X), np.array(y), test_size=0.3, stratify=y, random_state=0)
 
 
+# parts B and C train the very network skorch trains: the whole backbone, a random head,
+# exactly the given epochs, BatchNorm in PyTorch's train mode
+SAME_NETWORK = dict(layer=None, head_init="random", min_steps=0, bn_stats="update")
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -67,7 +75,7 @@ def accuracy_table(name, split, image_size):
     emb = make_pipeline(PretrainedFeatureExtractor(image_size=image_size), StandardScaler(),
                         LogisticRegression(max_iter=5000))
     (_, t) = timed(lambda: emb.fit(Xtr, ytr))
-    rows.append(("LogisticRegression on frozen embeddings (layer=None)", emb.score(Xte, yte), t))
+    rows.append(("LogisticRegression on frozen embeddings (default layer)", emb.score(Xte, yte), t))
     ft = FineTuneClassifier(image_size=image_size, random_state=0)
     (_, t) = timed(lambda: ft.fit(Xtr, ytr))
     rows.append(("FineTuneClassifier (defaults)", ft.score(Xte, yte), t))
@@ -121,12 +129,45 @@ def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64):
         ours = FineTuneClassifier(
             freeze_depth="all" if frozen else 0, max_epochs=epochs, batch_size=batch_size, lr=lr,
             backbone_lr_scale=1.0, lr_schedule="constant", augment=False, dropout=0.0, weight_decay=0.01,
-            image_size=image_size, random_state=0,
+            image_size=image_size, random_state=0, **SAME_NETWORK,
         )
         (_, t) = timed(lambda: ours.fit(Xtr, ytr))
         rows.append((f"sktransfer FineTuneClassifier, {mode}", ours.score(Xte, yte), t))
     print(f"\nSide by side with skorch: digits 70/30, image_size={image_size}, {epochs} epochs, batch {batch_size}, "
           f"AdamW lr={lr} (weight decay 0.01 = AdamW default), constant lr, no augmentation\n")
+    print("| run | test accuracy | fit seconds |")
+    print("|---|---:|---:|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
+
+
+def skorch_equal_epochs(epoch_counts=(2, 10), n_train=600, image_size=64, batch_size=32):
+    """Issue 14's comparison: skorch as its users write it (Adam lr 1e-3, constant) beside
+    sktransfer's defaults, at the same epochs (``min_steps=0``), on the same 600 digits."""
+    from skorch import NeuralNetClassifier
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, train_size=n_train, stratify=y, random_state=0)
+    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=image_size)
+    ready = lambda X: prepare_batch(  # noqa: E731
+        torch.tensor(X.reshape(-1, 1, 8, 8) / 16.0, dtype=torch.float32), spec, torch.device("cpu")).numpy()
+    rows = []
+    for epochs in epoch_counts:
+        torch.manual_seed(0)
+        net = NeuralNetClassifier(
+            LiteNet, module__n_classes=10, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
+            lr=1e-3, max_epochs=epochs, batch_size=batch_size, train_split=None, iterator_train__shuffle=True,
+            verbose=0,
+        )
+        (_, t) = timed(lambda: net.fit(ready(Xtr), ytr.astype(np.int64)))
+        rows.append((f"skorch, Adam lr 1e-3 constant, whole Lite0, {epochs} epochs",
+                     float((net.predict(ready(Xte)) == yte).mean()), t))
+        ours = FineTuneClassifier(image_size=image_size, max_epochs=epochs, min_steps=0, random_state=0)
+        (_, t) = timed(lambda: ours.fit(Xtr, ytr))
+        rows.append((f"sktransfer defaults (layer_={ours.layer_}), {epochs} epochs, min_steps=0",
+                     ours.score(Xte, yte), t))
+    print(f"\nSame epochs as skorch: {n_train} digits (stratified), {len(yte)} test, image_size={image_size}, "
+          f"batch {batch_size}\n")
     print("| run | test accuracy | fit seconds |")
     print("|---|---:|---:|")
     for row in rows:
@@ -146,7 +187,7 @@ def prefix_side_by_side(epochs, depths=(3, 5), batch_size=32, lr=1e-3, image_siz
     for k in depths:
         frozen = {"backbone." + p for _, params in backbone.stages[:k] for p in params}
         kw = dict(freeze_depth=k, max_epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule="constant",
-                  dropout=0.0, weight_decay=0.01, image_size=image_size, random_state=0)
+                  dropout=0.0, weight_decay=0.01, image_size=image_size, random_state=0, **SAME_NETWORK)
         for label, augment in (("frozen prefix computed once", False),
                                ("frozen stages run every step", lambda batch: batch)):
             ours = FineTuneClassifier(augment=augment, **kw)
@@ -174,11 +215,14 @@ def main():
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-skorch", action="store_true")
     parser.add_argument("--skip-prefix", action="store_true")
+    parser.add_argument("--skip-equal-epochs", action="store_true")
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     if not args.skip_accuracy:
         accuracy_table("load_digits", digits(), 64)
         accuracy_table("scikit-image photograph crops (8 classes)", photo_crops(), 64)
+    if not args.skip_equal_epochs:
+        skorch_equal_epochs()
     if not args.skip_skorch:
         skorch_side_by_side(args.epochs)
     if not args.skip_prefix:

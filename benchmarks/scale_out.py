@@ -84,7 +84,7 @@ def grid(cores):
     X, y = X[:300], y[:300]
     search = GridSearchCV(
         FineTuneClassifier(image_size=32, max_epochs=3, batch_size=32, random_state=0),
-        {"freeze_depth": [5, 7], "reg_lambda": [0.0, 0.1]}, cv=3, n_jobs=1, refit=False,
+        {"freeze_depth": [2, "all"], "reg_lambda": [0.0, 0.1]}, cv=3, n_jobs=1, refit=False,
     )
     import torch
 

@@ -71,7 +71,7 @@ def main():
             X[:n_fit], y[:n_fit], test_size=0.25, stratify=y[:n_fit], random_state=0)
         search = GridSearchCV(
             FineTuneClassifier(image_size=32, max_epochs=epochs, random_state=0),
-            {"freeze_depth": [5, 7], "reg_lambda": [0.0, 0.1]}, cv=2, n_jobs=-1,
+            {"freeze_depth": [2, "all"], "reg_lambda": [0.0, 0.1]}, cv=2, n_jobs=-1,
         )
         start = time.perf_counter()
         with joblib.parallel_config(backend="dask"):

@@ -20,9 +20,9 @@ OUT = pathlib.Path(os.environ.get("SKTRANSFER_OUTPUT", pathlib.Path(__file__).pa
 
 X, y = load_digits(return_X_y=True)
 X, y = (X[:90], y[:90]) if FAST else (X[:300], y[:300])
-grid = {"freeze_depth": [0, 4, "all"], "reg_lambda": [0.0, 0.1]}
+grid = {"freeze_depth": [0, 2, "all"], "reg_lambda": [0.0, 0.1]}
 if FAST:
-    grid = {"freeze_depth": [4, "all"], "reg_lambda": [0.0, 0.1]}
+    grid = {"freeze_depth": [2, "all"], "reg_lambda": [0.0, 0.1]}
 search = GridSearchCV(
     FineTuneClassifier(image_size=32 if FAST else 48, max_epochs=2 if FAST else 5, batch_size=16, random_state=0),
     grid, cv=StratifiedKFold(2, shuffle=True, random_state=0),

@@ -82,6 +82,8 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         whole backbone (see ``layer``).
     bn_stats_ : {"pretrained", "update"}
         The BatchNorm setting used in training (see ``bn_stats``).
+    backbone_lr_scale_ : float
+        The backbone learning-rate scale used in training (see ``backbone_lr_scale``).
     pixel_range_ : tuple of float
     n_features_in_ : int
         Only when ``X`` is a 2-D table.
@@ -116,7 +118,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         lr=2e-3,
         optimizer="adamw",
         lr_schedule="cosine",
-        backbone_lr_scale=1.0,
+        backbone_lr_scale="auto",
         layer_decay=None,
         weight_decay=1e-4,
         dropout=0.2,

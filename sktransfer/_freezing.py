@@ -20,15 +20,29 @@ def check_freeze_depth(freeze_depth, n_stages):
 
 
 BN_STATS = ("auto", "pretrained", "update")
-# bn_stats="auto": the pretrained statistics below this many training batches
-AUTO_BN_MIN_BATCHES = 10
+# "auto" settings treat a training set of fewer batches than this as few images
+FEW_BATCHES = 10
+# backbone_lr_scale="auto": few images, and many
+AUTO_BACKBONE_LR_SCALE = (0.3, 1.0)
+
+
+def few_images(n_train, batch_size):
+    """Whether ``n_train`` images make fewer than ``FEW_BATCHES`` batches (the few-image regime)."""
+    return n_train < FEW_BATCHES * batch_size
 
 
 def resolve_bn_stats(bn_stats, n_train, batch_size):
-    """``"auto"`` -> ``"pretrained"`` for fewer than ``AUTO_BN_MIN_BATCHES`` batches, else ``"update"``."""
+    """``"auto"`` -> ``"pretrained"`` with few images, else ``"update"``."""
     if bn_stats != "auto":
         return bn_stats
-    return "pretrained" if n_train < AUTO_BN_MIN_BATCHES * batch_size else "update"
+    return "pretrained" if few_images(n_train, batch_size) else "update"
+
+
+def resolve_backbone_lr_scale(scale, n_train, batch_size):
+    """``"auto"`` -> 0.3 with few images, else 1.0."""
+    if not (isinstance(scale, str) and scale == "auto"):
+        return float(scale)
+    return AUTO_BACKBONE_LR_SCALE[0 if few_images(n_train, batch_size) else 1]
 
 
 def freeze(net, n_frozen, bn_stats="update"):

@@ -39,6 +39,8 @@ def module_chain(backbone, probe):
     module called twice, skip connections across children...).
     """
     model = backbone.model
+    if backbone.family == "chain":  # cut at a stage: the chain is its definition
+        return [(name, model.get_submodule(name)) for name in backbone.body]
     order = []
     handles = [
         child.register_forward_pre_hook(lambda module, args, name=name: order.append(name))

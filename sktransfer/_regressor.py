@@ -54,7 +54,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     history_ : list of dict
         Per epoch: ``train_loss``, ``valid_loss`` (standardised units),
         ``valid_score`` (R²), ``lr``, ``seconds``...
-    n_epochs_, best_epoch_, n_frozen_stages_, layer_, bn_stats_, pixel_range_, n_features_in_
+    n_epochs_, best_epoch_, n_frozen_stages_, layer_, bn_stats_, backbone_lr_scale_, pixel_range_, n_features_in_
         As for :class:`FineTuneClassifier`.
 
     See Also
@@ -85,7 +85,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         lr=2e-3,
         optimizer="adamw",
         lr_schedule="cosine",
-        backbone_lr_scale=1.0,
+        backbone_lr_scale="auto",
         layer_decay=None,
         weight_decay=1e-4,
         dropout=0.2,

@@ -48,7 +48,7 @@ def test_lite0_stages_cover_the_feature_path():
 )
 def test_named_backbones_without_weights(name, n_stages, dim, rng):
     X = rng.integers(0, 255, size=(3, 40, 40, 3), dtype=np.uint8)
-    ext = PretrainedFeatureExtractor(name, weights=None, image_size=64).fit(X)
+    ext = PretrainedFeatureExtractor(name, weights=None, image_size=64, layer=None).fit(X)
     Z = ext.transform(X)
     assert Z.shape == (3, dim) and Z.dtype == np.float32
     assert len(ext.backbone_.stages) == n_stages
@@ -169,7 +169,7 @@ def test_user_module_backbone_is_copied_and_used(rng):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     X = rng.random((3, 16, 16), dtype=np.float32)
     ext = PretrainedFeatureExtractor(
-        net, image_size=16, preprocessing={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        net, image_size=16, layer=None, preprocessing={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     ).fit(X)
     assert ext.backbone_.model is not net
     assert [s for s, _ in ext.backbone_.stages] == ["stem", "block", "fc"]

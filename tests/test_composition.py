@@ -24,7 +24,7 @@ from sklearn.svm import SVC
 
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
 
-FAST = dict(image_size=32, batch_size=16, random_state=0)
+FAST = dict(image_size=32, batch_size=16, min_steps=0, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,10 @@ def test_grid_search_over_freeze_depth_and_lambda(small):
     assert len(search.cv_results_["params"]) == 6
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.best_params_["freeze_depth"] in (0, 2, "all")
-    assert search.best_estimator_.n_frozen_stages_ == (
-        8 if search.best_params_["freeze_depth"] == "all" else search.best_params_["freeze_depth"]
+    best = search.best_estimator_
+    assert best.n_frozen_stages_ == (
+        len(best.net_.backbone.stages) if search.best_params_["freeze_depth"] == "all"
+        else search.best_params_["freeze_depth"]
     )
 
 
@@ -110,7 +112,7 @@ def test_feature_union_of_layers_and_backbones(small):
     X, y = small
     union = FeatureUnion([
         ("mid", PretrainedFeatureExtractor(image_size=32, layer="stage4")),
-        ("top", PretrainedFeatureExtractor(image_size=32)),
+        ("top", PretrainedFeatureExtractor(image_size=32, layer=None)),
         ("scratch", PretrainedFeatureExtractor("resnet18", weights=None, image_size=32)),
     ])
     Z = union.fit_transform(X)

@@ -30,7 +30,7 @@ def test_fit_does_not_touch_init_params_and_init_loads_nothing(monkeypatch):
 
 
 def test_embedding_is_average_pooled_last_feature_map(X):
-    ext = PretrainedFeatureExtractor(cache=False, image_size=64).fit(X)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=64, layer=None).fit(X)
     Z = ext.transform(X)
     assert Z.shape == (3, 1280)
     with torch.inference_mode():
@@ -128,7 +128,7 @@ def test_pandas_output(X):
     ext = PretrainedFeatureExtractor(cache=False, image_size=32).set_output(transform="pandas")
     out = ext.fit_transform(X)
     assert isinstance(out, pd.DataFrame)
-    assert list(out.columns[:2]) == ["embedding_0", "embedding_1"]
+    assert list(out.columns[:2]) == ["stage3_0", "stage3_1"]  # layer="auto" at 32 px
     np.testing.assert_allclose(out.to_numpy(), ext.set_output(transform="default").transform(X))
 
 

@@ -157,6 +157,8 @@ def test_layer_and_freeze_depth_count_the_kept_stages(digits):
     (dict(head_init="zeros"), "head_init must be one of"),
     (dict(layer="blocks.2"), "layer must be 'auto', None"),
     (dict(layer=["stage2"]), "layer must be 'auto', None"),
+    (dict(backbone_lr_scale="fast"), "backbone_lr_scale must be a number"),
+    (dict(bn_stats="batch"), "bn_stats must be one of"),
 ])
 def test_new_parameters_are_checked_at_fit(params, match, digits):
     _, X, y = digits
@@ -185,3 +187,51 @@ def test_default_extractor_pipeline_on_small_digits(digits):
     _, X, y = digits
     model = make_pipeline(PretrainedFeatureExtractor(image_size=64), LogisticRegression(max_iter=1000))
     assert cross_val_score(model, X[:300], y[:300], cv=3).mean() >= 0.8
+
+
+def test_estimators_from_before_the_new_parameters_keep_their_behaviour(digits):
+    """A pickle (or saved file) written before layer/head_init/min_steps/bn_stats existed."""
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, layer=None, head_init="random", min_steps=0, bn_stats="update",
+                             max_epochs=1, random_state=0).fit(X[:20], y[:20])
+    state = clf.__getstate__()
+    for name in ("layer", "head_init", "min_steps", "bn_stats", "layer_", "bn_stats_", "backbone_lr_scale_"):
+        del state[name]
+    old = FineTuneClassifier.__new__(FineTuneClassifier)
+    old.__setstate__(state)
+    params = old.get_params()
+    assert (params["layer"], params["head_init"], params["min_steps"], params["bn_stats"]) == \
+        (None, "random", 0, "update")
+    assert old.layer_ == "embedding" and old.bn_stats_ == "update" and old.backbone_lr_scale_ == 1.0
+    np.testing.assert_array_equal(old.predict_proba(X[20:30]), clf.predict_proba(X[20:30]))
+    old.partial_fit(X[:20], y[:20])  # continues as it was trained
+    assert len(old.history_) == 2
+
+
+def test_bn_stats_pretrained_keeps_the_running_statistics_while_weights_train(digits):
+    _, X, y = digits
+    pretrained = cut_backbone(load_backbone(), 3, 32).model.state_dict()
+    clf = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=4, batch_size=16, random_state=0)
+    clf.fit(X[:40], y[:40])
+    assert clf.bn_stats_ == "pretrained"  # 3 batches < 10
+    state = clf.net_.backbone.model.state_dict()
+    stats = [k for k in pretrained if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in pretrained if k.endswith("conv_pw.weight")]
+    assert stats and weights
+    assert all(torch.equal(state[k], pretrained[k]) for k in stats)
+    assert not any(torch.equal(state[k], pretrained[k]) for k in weights)
+    update = clf.set_params(bn_stats="update").fit(X[:40], y[:40]).net_.backbone.model.state_dict()
+    assert not any(torch.equal(update[k], pretrained[k]) for k in stats if k.startswith("blocks.2."))
+
+
+@pytest.mark.parametrize("n, batch_size, expected", [(319, 32, "pretrained"), (320, 32, "update"),
+                                                      (90, 8, "update")])
+def test_bn_stats_auto_depends_on_the_number_of_batches(n, batch_size, expected):
+    from sktransfer._freezing import resolve_bn_stats
+
+    from sktransfer._freezing import resolve_backbone_lr_scale
+
+    assert resolve_bn_stats("auto", n, batch_size) == expected
+    assert resolve_bn_stats("update", 5, 32) == "update"
+    assert resolve_backbone_lr_scale("auto", n, batch_size) == (0.3 if expected == "pretrained" else 1.0)
+    assert resolve_backbone_lr_scale(0.5, 5, 32) == 0.5

@@ -11,7 +11,7 @@ from sktransfer import (
     load_backbone,
 )
 
-FAST = dict(image_size=32, batch_size=16, random_state=0)
+FAST = dict(image_size=32, batch_size=16, min_steps=0, random_state=0)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def test_workers_give_the_embeddings_of_the_main_process(image_files):
 
 def test_classifier_reads_files_in_workers(image_files):
     paths, y = image_files
-    kw = dict(image_size=32, batch_size=8, max_epochs=1, random_state=0)
+    kw = dict(image_size=32, batch_size=8, max_epochs=1, min_steps=0, random_state=0)
     main = FineTuneClassifier(num_workers=0, **kw).fit(paths, y)
     workers = FineTuneClassifier(num_workers=1, **kw).fit(paths, y)
     np.testing.assert_array_equal(workers.predict_proba(paths), main.predict_proba(paths))

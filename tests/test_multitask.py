@@ -9,7 +9,7 @@ import sktransfer
 from sktransfer import FineTuneClassifier, FineTuneRegressor
 from sktransfer._tasks import classification_loss, regression_loss
 
-FAST = dict(image_size=32, batch_size=16, max_epochs=1, random_state=0)
+FAST = dict(image_size=32, batch_size=16, max_epochs=1, min_steps=0, random_state=0)
 
 
 @pytest.fixture(scope="module")

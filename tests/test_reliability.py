@@ -9,7 +9,7 @@ from sklearn.exceptions import NotFittedError
 
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
 
-FAST = dict(image_size=32, batch_size=16, max_epochs=1, random_state=0)
+FAST = dict(image_size=32, batch_size=16, max_epochs=1, min_steps=0, random_state=0)
 
 
 @pytest.fixture(scope="module")
