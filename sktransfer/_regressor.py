@@ -88,7 +88,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         backbone_lr_scale="auto",
         layer_decay=None,
         weight_decay=1e-4,
-        dropout=0.2,
+        dropout=0.0,
         pooling="avg",
         layer="auto",
         head_init="solve",

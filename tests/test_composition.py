@@ -113,7 +113,7 @@ def test_feature_union_of_layers_and_backbones(small):
     union = FeatureUnion([
         ("mid", PretrainedFeatureExtractor(image_size=32, layer="stage4")),
         ("top", PretrainedFeatureExtractor(image_size=32, layer=None)),
-        ("scratch", PretrainedFeatureExtractor("resnet18", weights=None, image_size=32)),
+        ("scratch", PretrainedFeatureExtractor("resnet18", weights=None, image_size=32, layer=None)),
     ])
     Z = union.fit_transform(X)
     assert Z.shape == (len(X), 80 + 1280 + 512)

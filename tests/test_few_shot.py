@@ -195,6 +195,7 @@ def test_estimators_from_before_the_new_parameters_keep_their_behaviour(digits):
     clf = FineTuneClassifier(image_size=32, layer=None, head_init="random", min_steps=0, bn_stats="update",
                              max_epochs=1, random_state=0).fit(X[:20], y[:20])
     state = clf.__getstate__()
+    state["backbone_lr_scale"] = 1.0  # the default then
     for name in ("layer", "head_init", "min_steps", "bn_stats", "layer_", "bn_stats_", "backbone_lr_scale_"):
         del state[name]
     old = FineTuneClassifier.__new__(FineTuneClassifier)

@@ -40,7 +40,7 @@ def test_classifier_round_trip(data, tmp_path):
     assert loaded.n_features_in_ == 64 and loaded.preprocessing_ == clf.preprocessing_
     assert sktransfer.load(path).get_params() .keys() == clf.get_params().keys()
     # the fitted estimator can go on training
-    loaded.set_params(warm_start=True, max_epochs=1).fit(X, labels)
+    loaded.set_params(warm_start=True, max_epochs=1, min_steps=0).fit(X, labels)
     assert len(loaded.history_) == len(clf.history_) + 1
 
 
