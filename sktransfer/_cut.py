@@ -67,10 +67,12 @@ def auto_stage(backbone, image_size):
     return deep_enough[-1] if deep_enough else None
 
 
-def stage_index(layer, n_stages):
-    """``"stageK"`` -> K; ``None`` for anything else."""
+def stage_index(layer, n_stages=None):
+    """``"stageK"`` -> K (when K < ``n_stages``, if given); ``None`` for anything else."""
     match = re.fullmatch(r"stage(\d+)", layer) if isinstance(layer, str) else None
-    return int(match.group(1)) if match and int(match.group(1)) < n_stages else None
+    if match is None or (n_stages is not None and int(match.group(1)) >= n_stages):
+        return None
+    return int(match.group(1))
 
 
 def resolve_layer(backbone, layer, image_size):

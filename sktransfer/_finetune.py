@@ -296,7 +296,7 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}.")
         if not (self.layer is None or (isinstance(self.layer, str) and (
-                self.layer in (AUTO, EMBEDDING) or stage_index(self.layer, 10**6) is not None))):
+                self.layer in (AUTO, EMBEDDING) or stage_index(self.layer) is not None))):
             raise ValueError(
                 f"layer must be 'auto', None (the whole backbone) or 'stageK' (the backbone cut after "
                 f"stage K), got {self.layer!r}."
@@ -445,10 +445,7 @@ class BaseFineTune(SaveMixin, BaseEstimator):
             self.net_.to(device)
             data = self._prepared(source, device)
             if first:
-                self.bn_stats_ = resolve_bn_stats(self.bn_stats, len(source), self.batch_size)
-                self.backbone_lr_scale_ = resolve_backbone_lr_scale(
-                    self.backbone_lr_scale, len(source), self.batch_size
-                )
+                self._resolve_few_image_settings(len(source))
             if first and self.head_init == "solve":
                 self._solve_head(data, np.arange(len(source)), y_enc, w, device)
             if getattr(self, "_partial_optimizer", None) is None:
@@ -517,6 +514,11 @@ class BaseFineTune(SaveMixin, BaseEstimator):
         anchor = self._anchor_state() if self._uses_l2sp() else None
         return WeightPenalty(self.net_, self.reg_lambda, self.regularization, anchor)
 
+    def _resolve_few_image_settings(self, n_train):
+        """``bn_stats_`` and ``backbone_lr_scale_`` for a training set of ``n_train`` images."""
+        self.bn_stats_ = resolve_bn_stats(self.bn_stats, n_train, self.batch_size)
+        self.backbone_lr_scale_ = resolve_backbone_lr_scale(self.backbone_lr_scale, n_train, self.batch_size)
+
     def _solve_head(self, data, train_idx, y_enc, w, device):
         """Start the head as a linear model solved on the frozen features (see ``_head_init``)."""
         net = self.net_
@@ -534,8 +536,7 @@ class BaseFineTune(SaveMixin, BaseEstimator):
             train_idx, valid_idx = self._split(y_enc, rng)
         data = self._prepared(source, device)
         net = self.net_
-        self.bn_stats_ = resolve_bn_stats(self.bn_stats, len(train_idx), self.batch_size)
-        self.backbone_lr_scale_ = resolve_backbone_lr_scale(self.backbone_lr_scale, len(train_idx), self.batch_size)
+        self._resolve_few_image_settings(len(train_idx))
         if init_head and self.head_init == "solve":
             self._solve_head(data, train_idx, y_enc, w, device)
         steps = max(1, -(-len(train_idx) // self.batch_size))
