@@ -9,13 +9,13 @@ digits, against the same grid on embeddings computed once beforehand. Usage::
 import time
 
 import numpy as np
+from _common import machine
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 import sktransfer._extractor as extractor_module
-from _common import machine
 from sktransfer import PretrainedFeatureExtractor, clear_cache
 
 IMAGES = []

@@ -15,7 +15,7 @@ from _common import best_of, machine
 from torch import nn
 
 from sktransfer import load_backbone
-from sktransfer._layers import DepthwiseConv2d
+from sktransfer.backbones._fast_layers import DepthwiseConv2d
 
 
 def main():

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 import torch
-
 from _common import best_of, machine, photos
+
 from sktransfer import PretrainedFeatureExtractor, load_backbone
 
 
@@ -81,8 +81,8 @@ def main():
     cos = (Z * reference).sum(1) / np.linalg.norm(Z, axis=1) / np.linalg.norm(reference, axis=1)
     emb = None
     try:
-        from PIL import Image
         from embetter.vision import TimmEncoder
+        from PIL import Image
 
         pil = [Image.fromarray(img) for img in images]
         with embetter_on_lite0(model):

@@ -22,15 +22,15 @@ import time
 
 import numpy as np
 import torch
+from _common import machine
+from _datasets import SETS
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from _common import machine
-from _datasets import SETS
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, load_backbone
-from sktransfer._preprocessing import prepare_batch
+from sktransfer.data._preprocessing import prepare_batch
 
 SIZES = {"digits": [20, 50, 100, 200, 500, None], "photo_crops": [20, 50, 100, 200, 500, None],
          "faces": [20, 50, None]}

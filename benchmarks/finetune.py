@@ -18,15 +18,15 @@ import time
 
 import numpy as np
 import torch
+from _common import machine
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from _common import machine
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, load_backbone
-from sktransfer._preprocessing import prepare_batch
+from sktransfer.data._preprocessing import prepare_batch
 
 
 def digits():

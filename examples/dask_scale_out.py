@@ -29,6 +29,8 @@ from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
 from sktransfer.dask import configure_workers, transform
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))
+# the fast mode (tests) trains max_epochs epochs, without the default minimum of 100 optimizer steps
+BUDGET = dict(min_steps=0) if FAST else {}
 
 
 def write_digits(folder, n):
@@ -70,7 +72,7 @@ def main():
         X_train, X_test, y_train, y_test = train_test_split(
             X[:n_fit], y[:n_fit], test_size=0.25, stratify=y[:n_fit], random_state=0)
         search = GridSearchCV(
-            FineTuneClassifier(image_size=32, max_epochs=epochs, random_state=0),
+            FineTuneClassifier(image_size=32, max_epochs=epochs, random_state=0, **BUDGET),
             {"freeze_depth": [2, "all"], "reg_lambda": [0.0, 0.1]}, cv=2, n_jobs=-1,
         )
         start = time.perf_counter()

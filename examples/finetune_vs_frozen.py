@@ -17,7 +17,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, TrainingHistoryDisplay
+from sktransfer import (
+    FineTuneClassifier,
+    PretrainedFeatureExtractor,
+    TrainingHistoryDisplay,
+)
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))  # the test suite runs examples in a fast mode
 OUT = pathlib.Path(os.environ.get("SKTRANSFER_OUTPUT", pathlib.Path(__file__).parents[1] / "docs" / "figures"))

@@ -20,6 +20,8 @@ from sklearn.model_selection import train_test_split
 from sktransfer import FineTuneClassifier
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))
+# the fast mode (tests) trains max_epochs epochs, without the default minimum of 100 optimizer steps
+BUDGET = dict(min_steps=0) if FAST else {}
 OUT = pathlib.Path(os.environ.get("SKTRANSFER_OUTPUT", pathlib.Path(__file__).parents[1] / "docs" / "figures"))
 
 images, y = load_digits(return_X_y=True)
@@ -34,7 +36,7 @@ alphas = [0.0, 0.5, 1.0] if FAST else [0.0, 0.25, 0.5, 0.75, 1.0]
 clean, moved = [], []
 for alpha in alphas:
     clf = FineTuneClassifier(image_size=32 if FAST else 48, max_epochs=1 if FAST else 4, fusion_alpha=alpha,
-                             random_state=0, pixel_range=(0, 16))
+                             random_state=0, pixel_range=(0, 16), **BUDGET)
     clf.fit(X_train, y_train)
     clean.append(clf.score(X_test, y_test))
     moved.append(clf.score(shifted, y_test))

@@ -16,6 +16,8 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sktransfer import FineTuneClassifier
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))
+# the fast mode (tests) trains max_epochs epochs, without the default minimum of 100 optimizer steps
+BUDGET = dict(min_steps=0) if FAST else {}
 OUT = pathlib.Path(os.environ.get("SKTRANSFER_OUTPUT", pathlib.Path(__file__).parents[1] / "docs" / "figures"))
 
 X, y = load_digits(return_X_y=True)
@@ -24,7 +26,7 @@ grid = {"freeze_depth": [0, 2, "all"], "reg_lambda": [0.0, 0.1]}
 if FAST:
     grid = {"freeze_depth": [2, "all"], "reg_lambda": [0.0, 0.1]}
 search = GridSearchCV(
-    FineTuneClassifier(image_size=32 if FAST else 48, max_epochs=2 if FAST else 5, batch_size=16, random_state=0),
+    FineTuneClassifier(image_size=32 if FAST else 48, max_epochs=2 if FAST else 5, batch_size=16, random_state=0, **BUDGET),
     grid, cv=StratifiedKFold(2, shuffle=True, random_state=0),
 )
 search.fit(X, y)

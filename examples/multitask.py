@@ -18,6 +18,8 @@ from sklearn.model_selection import train_test_split
 from sktransfer import FineTuneClassifier
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))
+# the fast mode (tests) trains max_epochs epochs, without the default minimum of 100 optimizer steps
+BUDGET = dict(min_steps=0) if FAST else {}
 
 X, digit = load_digits(return_X_y=True)
 X_train, X_test, d_train, d_test = train_test_split(
@@ -31,11 +33,11 @@ labelled = rng.choice(len(d_train), 40, replace=False)
 target[labelled] = d_train[labelled] >= 7
 size, epochs = (32, 2) if FAST else (48, 8)
 
-only_target = FineTuneClassifier(image_size=size, max_epochs=epochs * 3, batch_size=16, random_state=0)
+only_target = FineTuneClassifier(image_size=size, max_epochs=epochs * 3, batch_size=16, random_state=0, **BUDGET)
 only_target.fit(X_train[labelled], target[labelled])
 print(f"target only (40 labels):            accuracy {only_target.score(X_test, big_test):.3f}")
 for lam in (0.5, 2.0):
-    joint = FineTuneClassifier(image_size=size, max_epochs=epochs, task_weights=[1.0, lam], random_state=0)
+    joint = FineTuneClassifier(image_size=size, max_epochs=epochs, task_weights=[1.0, lam], random_state=0, **BUDGET)
     joint.fit(X_train, np.column_stack([source, target]))
     accuracy = np.mean(joint.predict(X_test)[:, 1] == big_test)
     print(f"L_S + {lam} * L_T (source 0-4 + 40):  accuracy {accuracy:.3f}")

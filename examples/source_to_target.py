@@ -15,6 +15,8 @@ from sklearn.datasets import load_digits
 from sktransfer import FineTuneClassifier
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))
+# the fast mode (tests) trains max_epochs epochs, without the default minimum of 100 optimizer steps
+BUDGET = dict(min_steps=0) if FAST else {}
 
 X, y = load_digits(return_X_y=True)
 source = y < 5
@@ -27,11 +29,11 @@ if FAST:
     X_source, y_source, test = X_source[:150], y_source[:150], test[:100]
 size = 32 if FAST else 48
 
-source_clf = FineTuneClassifier(image_size=size, max_epochs=1 if FAST else 5, random_state=0)
+source_clf = FineTuneClassifier(image_size=size, max_epochs=1 if FAST else 5, random_state=0, **BUDGET)
 source_clf.fit(X_source, y_source)
 print(f"source model (digits 0-4), accuracy on its training images {source_clf.score(X_source, y_source):.3f}")
 
-target = dict(image_size=size, max_epochs=3 if FAST else 20, batch_size=16, random_state=0)
+target = dict(image_size=size, max_epochs=3 if FAST else 20, batch_size=16, random_state=0, **BUDGET)
 runs = {
     "transferred from the digits 0-4 model": FineTuneClassifier(backbone=source_clf.export_backbone(), **target),
     "ImageNet backbone, fine-tuned": FineTuneClassifier(**target),

@@ -16,12 +16,14 @@ from sklearn.preprocessing import StandardScaler
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
 
 FAST = bool(os.environ.get("SKTRANSFER_FAST"))
+# the fast mode (tests) trains max_epochs epochs, without the default minimum of 100 optimizer steps
+BUDGET = dict(min_steps=0) if FAST else {}
 size = 32 if FAST else 64
 
 X, y = load_digits(return_X_y=True)
 X_source, y_source = X[y < 5], y[y < 5]
 X_target, y_target = X[y >= 5][:100 if FAST else 400], y[y >= 5][:100 if FAST else 400]
-source = FineTuneClassifier(image_size=size, max_epochs=1 if FAST else 4, random_state=0)
+source = FineTuneClassifier(image_size=size, max_epochs=1 if FAST else 4, random_state=0, **BUDGET)
 source.fit(X_source[:150] if FAST else X_source, y_source[:150] if FAST else y_source)
 tuned = source.export_backbone()  # keeps its weights through clone, unlike the fitted estimator
 

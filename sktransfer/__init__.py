@@ -1,18 +1,21 @@
 """sktransfer: transfer learning as scikit-learn estimators, on PyTorch."""
 
-from ._augment import RandomAffine
-from ._backbones import Backbone, load_backbone
-from ._cache import cache_info, clear_cache
 from ._classifier import FineTuneClassifier
+from ._compat import install_module_aliases
 from ._extractor import PretrainedFeatureExtractor
 from ._history import TrainingHistoryDisplay
-from ._network import TransferNet
 from ._persistence import load
-from ._preprocessing import Preprocessing
 from ._regressor import FineTuneRegressor
-from ._weights import WeightsNotFoundError
+from ._version import __version__
+from .backbones._backbone import Backbone
+from .backbones._loading import load_backbone
+from .backbones._weights import WeightsNotFoundError
+from .data._augment import RandomAffine
+from .data._cache import cache_info, clear_cache
+from .data._preprocessing import Preprocessing
+from .training._network import TransferNet
 
-__version__ = "0.1.0"
+install_module_aliases()
 
 __all__ = [
     "Backbone",

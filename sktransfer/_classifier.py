@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 import torch
-from sklearn.base import ClassifierMixin
-from sklearn.utils import compute_sample_weight
+from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.utils._available_if import available_if
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import DEFAULT_BACKBONE
-from ._finetune import DEFAULT_MIN_STEPS, SHARED_PARAMETERS, BaseFineTune, check_number
-from ._head_init import solve_logistic
-from ._tasks import classification_loss, classification_score
+from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
+from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
+from ._targets import (
+    check_class_counts,
+    check_same_classes,
+    encode_labels,
+    label_columns,
+    partial_fit_classes,
+    with_class_weight,
+)
+from ._validation import Number, StrOptions
+from .backbones._timm import DEFAULT_BACKBONE
+from .training._head_init import solve_logistic_per_task
+from .training._objectives import classification_loss, classification_score
 
 
 def _single_task(estimator):
@@ -29,20 +39,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
     ``(n_samples, n_tasks)`` trains one head per task on the shared backbone
     (multi-task; see ``task_weights``).
 
-    **Transfer objective.** Training minimises, over the network weights θ,
-    ``L_T(θ) + reg_lambda / 2 * ||θ_backbone - θ_pretrained||²`` (L2-SP; Li,
-    Grandvalet & Davoine, 2018). The joint source/target objective
-    ``min L_S(θ) + λ L_T(θ)`` needs the source data; when it is absent, the
-    pretrained weights stand for the minimiser of ``L_S`` and a quadratic
-    approximation of ``L_S`` around them is exactly this pull toward
-    ``θ_pretrained`` (with ``reg_lambda`` playing the part of ``1/λ``: the larger
-    it is, the more the source task weighs). ``reg_lambda=0`` is plain
-    fine-tuning. ``regularization="l2"`` pulls toward zero instead (classic
-    weight decay). The penalty covers the trainable backbone weights only; the
-    optimizer applies no weight decay of its own to them, so nothing is
-    counted twice. The new head gets the optimizer's ``weight_decay``.
-
-    Parameters
+%(transfer_objective)s    Parameters
     ----------
 %(shared_parameters)s    label_smoothing : float, default=0.0
         Cross-entropy label smoothing.
@@ -60,6 +57,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         Marks a missing label in multi-task ``y``. ``None``: ``None`` and NaN
         entries are missing (use an object or float array); set e.g. ``-1`` for
         integer labels. Single-task ``y`` cannot have missing labels.
+
     Attributes
     ----------
     classes_ : ndarray or list of ndarray
@@ -71,23 +69,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
     history_ : list of dict
         Per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_loss``,
         ``valid_score``, ``lr``, ``seconds``.
-    n_epochs_ : int
-        Epochs run in total.
-    best_epoch_ : int or None
-        Epoch (0-based, counted in ``history_``) whose weights were kept by
-        early stopping; ``None`` without early stopping.
-    n_frozen_stages_ : int
-    layer_ : str
-        Where the backbone was cut: ``"stageK"``, or ``"embedding"`` for the
-        whole backbone (see ``layer``).
-    bn_stats_ : {"pretrained", "update"}
-        The BatchNorm setting used in training (see ``bn_stats``).
-    backbone_lr_scale_ : float
-        The backbone learning-rate scale used in training (see ``backbone_lr_scale``).
-    pixel_range_ : tuple of float
-    n_features_in_ : int
-        Only when ``X`` is a 2-D table.
-
+%(fitted_attributes)s
     See Also
     --------
     PretrainedFeatureExtractor : frozen embeddings for any sklearn model.
@@ -105,6 +87,13 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
     """
 
     _target_noun = "class labels"
+
+    _parameter_constraints: dict = {
+        **FINETUNE_CONSTRAINTS,
+        "label_smoothing": [Number(Real, 0, 1, closed="left")],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "missing_label": "no_validation",  # any label value
+    }
 
     def __init__(
         self,
@@ -166,51 +155,13 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         self.missing_label = missing_label
 
     # ------------------------------------------------------------ target hooks
-    def _check_params(self):
-        super()._check_params()
-        check_number(self.label_smoothing, "label_smoothing", 0, 1, lo_open=False, hi_open=True)
-
-    def _missing(self, column):
-        if self.missing_label is not None:
-            return np.asarray(column == self.missing_label, dtype=bool)
-        if column.dtype.kind == "f":
-            return np.isnan(column)
-        if column.dtype.kind == "O":
-            return np.array([v is None or (isinstance(v, float) and v != v) for v in column], dtype=bool)
-        return np.zeros(len(column), dtype=bool)
-
     def _set_classes(self, classes_per_task, n_tasks):
-        for t, classes in enumerate(classes_per_task):
-            if len(classes) < 2:
-                where = "y" if n_tasks == 1 else f"task {t} (column {t} of y)"
-                raise ValueError(
-                    f"FineTuneClassifier needs at least 2 classes in {where}; got {len(classes)} "
-                    f"({list(classes)!r})."
-                )
+        check_class_counts(classes_per_task)
         self.n_outputs_ = n_tasks
         self.classes_ = classes_per_task[0] if n_tasks == 1 else list(classes_per_task)
 
-    def _columns(self, y):
-        """``(labels, missing mask)`` of each task; labels hold the labelled entries only."""
-        if y.ndim == 1:
-            check_classification_targets(y)
-            return [(y, np.zeros(len(y), dtype=bool))]
-        out = []
-        for t in range(y.shape[1]):
-            missing = self._missing(y[:, t])
-            known = y[~missing, t]
-            if known.dtype == object:  # e.g. ints beside None: let numpy find the type
-                known = np.asarray(known.tolist())
-            if len(known):
-                try:
-                    check_classification_targets(known)
-                except ValueError as exc:
-                    raise ValueError(f"Column {t} of y: {exc}") from None
-            out.append((known, missing))
-        return out
-
     def _learn_targets(self, y):
-        columns = self._columns(y)
+        columns = label_columns(y, self.missing_label)
         self._set_classes([np.unique(known) for known, _ in columns], len(columns))
         return self._encode(y)
 
@@ -218,30 +169,10 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         return [self.classes_] if self.n_outputs_ == 1 else list(self.classes_)
 
     def _encode(self, y):
-        columns = self._columns(y)
-        if len(columns) != self.n_outputs_:
-            raise ValueError(f"y has {len(columns)} task columns; the estimator was fitted with {self.n_outputs_}.")
-        encoded = np.full((len(y), len(columns)), -1, dtype=np.int64)
-        for t, ((known, missing), classes) in enumerate(zip(columns, self._classes_list())):
-            unknown = np.setdiff1d(np.unique(known), classes)
-            if len(unknown):
-                raise ValueError(
-                    f"y holds labels {unknown.tolist()} not seen in the first fit; "
-                    f"known classes: {classes.tolist()}."
-                )
-            encoded[~missing, t] = np.searchsorted(classes, known)
-        return encoded[:, 0] if y.ndim == 1 else encoded
+        return encode_labels(y, self._classes_list(), self.missing_label)
 
-    def _weights(self, y, sample_weight, n):
-        w = super()._weights(y, sample_weight, n)
-        if self.class_weight is not None:
-            if self.n_outputs_ > 1:
-                raise ValueError(
-                    "class_weight works with a single task; for several, weight the tasks with "
-                    "task_weights and the samples with sample_weight."
-                )
-            w = (w * compute_sample_weight(self.class_weight, y)).astype(np.float32)
-        return w
+    def _sample_weights(self, y, sample_weight, n):
+        return with_class_weight(super()._sample_weights(y, sample_weight, n), y, self.class_weight, self.n_outputs_)
 
     def _n_head_outputs(self):
         return sum(len(c) for c in self._classes_list())
@@ -261,16 +192,10 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         return y_enc if y_enc.ndim == 1 else None
 
     def _solved_head(self, z, y_enc, w):
-        target = torch.as_tensor(y_enc).reshape(len(y_enc), -1)
-        coefs, biases = [], []
-        for t, n_classes in enumerate(self._splits()):
-            known = target[:, t] >= 0
-            coef, bias = solve_logistic(z[known], target[known, t], w[known], n_classes)
-            coefs.append(coef)
-            biases.append(bias)
-        return torch.cat(coefs), torch.cat(biases)
+        return solve_logistic_per_task(z, y_enc, w, self._splits())
 
     # ---------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fine-tune on images ``X`` with labels ``y``.
 
@@ -289,6 +214,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         """
         return self._fit(X, y, sample_weight)
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Train one more epoch (the first call needs ``classes``).
 
@@ -305,20 +231,13 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         -------
         self : FineTuneClassifier
         """
+        if hasattr(self, "net_"):
+            check_same_classes(classes, self._classes_list())
+
         def learn(y):
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            per_task = [np.unique(np.asarray(classes))] if y.ndim == 1 else [np.unique(c) for c in classes]
-            if y.ndim == 2 and len(per_task) != y.shape[1]:
-                raise ValueError(f"classes must hold one array per column of y ({y.shape[1]}), got {len(per_task)}.")
+            per_task = partial_fit_classes(classes, y)
             self._set_classes(per_task, len(per_task))
 
-        if hasattr(self, "net_") and classes is not None:
-            given = [np.unique(np.asarray(classes))] if self.n_outputs_ == 1 else [np.unique(c) for c in classes]
-            if len(given) != self.n_outputs_ or not all(
-                np.array_equal(a, b) for a, b in zip(given, self._classes_list())
-            ):
-                raise ValueError(f"classes={classes!r} differs from the first call's {self.classes_!r}.")
         return self._partial_fit(X, y, sample_weight, learn)
 
     # ------------------------------------------------------------- predicting
@@ -398,7 +317,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
             return super().score(X, y, sample_weight)
         y = self._check_y(y, len(y))
         target = torch.as_tensor(self._encode(y))
-        weight = torch.as_tensor(self._weights(y, sample_weight, len(y)))
+        weight = torch.as_tensor(self._sample_weights(y, sample_weight, len(y)))
         return float(classification_score(self._logits(X).double(), target, weight, self._splits()))
 
     def __sklearn_tags__(self):
@@ -408,4 +327,4 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         return tags
 
 
-FineTuneClassifier.__doc__ = FineTuneClassifier.__doc__.replace("%(shared_parameters)s", SHARED_PARAMETERS)
+FineTuneClassifier.__doc__ = fill_docstring(FineTuneClassifier.__doc__)

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted
+from torch import nn
 
-from ._backbones import DEFAULT_BACKBONE, load_backbone
-from ._cache import DEFAULT_MAX_BYTES, cached_transform, weights_digest
 from ._device import cpu_state, module_device, resolve_device
-from ._cut import resolve_layer
-from ._extraction import extract, optimize_for_cpu, resolve_layers
-from ._inputs import ArraySource, as_images, check_pixel_range, learn_pixel_range
-from ._loader import check_num_workers, resolve_num_workers
+from ._digest import setting_digest, state_digest
+from ._docstrings import DOCS_URL
+from ._inference import extract
 from ._persistence import SaveMixin
-from ._pooling import check_pooling
 from ._progress import progress_bar
+from ._validation import Device, Number, PixelRange
+from .backbones._cut import resolve_layer
+from .backbones._layer_outputs import forward_layers, optimize_for_cpu, resolve_layers
+from .backbones._loading import load_backbone
+from .backbones._pooling import POOLINGS
+from .backbones._timm import DEFAULT_BACKBONE
+from .data._batches import resolve_num_workers
+from .data._cache import DEFAULT_MAX_BYTES, cached_transform
+from .data._preprocessing import Preprocessing
+from .data._sources import ArraySource, as_images, learn_pixel_range
 
 OPTIMIZE_MIN_IMAGES = 128
-DOCS_URL = "https://sktransfer.readthedocs.io/en/latest/api.html#{estimator_name}"
-
-
-def check_positive_int(value, name, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
 
 
 class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
@@ -155,6 +154,25 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: dict = {
+        "backbone": [str, nn.Module, HasMethods(["export_backbone"])],
+        "weights": [str, os.PathLike, None],
+        "layer": [str, list, tuple, None],
+        "pooling": [StrOptions({p for p in POOLINGS if p is not None}), None],
+        "image_size": [Number(Integral, 1, None, closed="left"), None],
+        "input_shape": [tuple, list, None],
+        "pixel_range": [StrOptions({"auto"}), PixelRange()],
+        "preprocessing": [dict, Preprocessing, None],
+        "batch_size": [Number(Integral, 1, None, closed="left")],
+        "device": [StrOptions({"auto"}), Device()],
+        "num_workers": [StrOptions({"auto"}), Number(Integral, 0, None, closed="left")],
+        "optimize": [StrOptions({"auto"}), "boolean"],
+        "cache": ["boolean"],
+        "cache_dir": [str, os.PathLike, None],
+        "cache_max_bytes": [Number(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         backbone=DEFAULT_BACKBONE,
@@ -192,19 +210,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- fitting ------------------------------------------------------------
-    def _check_params(self):
-        check_pooling(self.pooling)
-        check_positive_int(self.batch_size, "batch_size")
-        check_positive_int(self.image_size, "image_size", allow_none=True)
-        check_pixel_range(self.pixel_range)
-        resolve_device(self.device)
-        check_num_workers(self.num_workers)
-        check_positive_int(self.cache_max_bytes, "cache_max_bytes")
-        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
-            raise TypeError(f"cache_dir must be None or a folder path, got {type(self.cache_dir).__name__}.")
-        if self.optimize not in ("auto", True, False):
-            raise ValueError(f"optimize must be 'auto', True or False, got {self.optimize!r}.")
-
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Load the backbone and learn the value range of float inputs.
 
@@ -219,7 +225,6 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         -------
         self : PretrainedFeatureExtractor
         """
-        self._check_params()
         self.__dict__.pop("_optimized", None)
         source = as_images(X, self, input_shape=self.input_shape, reset=True)
         self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
@@ -233,16 +238,10 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
         self.n_features_out_ = sum(self.layer_widths_)
         # at fit, so that transform leaves the estimator's __dict__ as it is
-        self._cache_setting = self._setting_digest()
+        self._cache_setting = setting_digest(  # everything but the image that changes an embedding
+            state_digest(backbone), backbone.family, self.layers_, self.pooling, self.preprocessing_, self.pixel_range_
+        )
         return self
-
-    def _setting_digest(self):
-        """Everything but the image that changes an embedding."""
-        described = repr((
-            weights_digest(self.backbone_), self.backbone_.family, self.layers_, self.pooling,
-            self.preprocessing_, self.pixel_range_,
-        ))
-        return hashlib.blake2b(described.encode(), digest_size=16).hexdigest()
 
     # -- transforming -------------------------------------------------------
     def transform(self, X):
@@ -274,9 +273,14 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         runner = None
         if layers is None and self._wants_optimized(device, len(source)):
             runner = self._optimized_runner()
+        if runner is None:
+            plan = layers or self.layers_
+
+            def runner(x):
+                return forward_layers(self.backbone_, x, plan, self.pooling)
+
         return extract(
-            self.backbone_, source, layers or self.layers_, self.pooling, self.preprocessing_,
-            device, self.batch_size, channels_last=True, progress=bar, runner=runner,
+            runner, source, self.preprocessing_, device, self.batch_size, channels_last=True, progress=bar,
             num_workers=resolve_num_workers(self.num_workers, source, self.batch_size),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import is_regressor
 from sklearn.utils.validation import check_is_fitted
 
 
@@ -14,9 +15,11 @@ class TrainingHistoryDisplay:
     Parameters
     ----------
     history : list of dict
-        ``history_`` of a fitted :class:`FineTuneClassifier`.
+        ``history_`` of a fitted :class:`FineTuneClassifier` or :class:`FineTuneRegressor`.
     best_epoch : int or None
         Marked on the plot when given.
+    score_name : str, default="validation score"
+        Label of the score axis (``from_estimator`` says accuracy or R²).
 
     Attributes
     ----------
@@ -34,9 +37,10 @@ class TrainingHistoryDisplay:
     ([0, 1], [0.5, 0.8])
     """
 
-    def __init__(self, history, best_epoch=None):
+    def __init__(self, history, best_epoch=None, score_name="validation score"):
         self.history = list(history)
         self.best_epoch = best_epoch
+        self.score_name = score_name
 
     def _column(self, key):
         return np.array([np.nan if h.get(key) is None else h[key] for h in self.history], dtype=float)
@@ -67,7 +71,7 @@ class TrainingHistoryDisplay:
 
         Parameters
         ----------
-        estimator : fitted FineTuneClassifier
+        estimator : fitted FineTuneClassifier or FineTuneRegressor
         ax : array of 3 matplotlib Axes, default=None
         **plot_kwargs
             Passed to :meth:`plot`.
@@ -77,7 +81,8 @@ class TrainingHistoryDisplay:
         display : TrainingHistoryDisplay
         """
         check_is_fitted(estimator, "history_")
-        return cls(estimator.history_, getattr(estimator, "best_epoch_", None)).plot(ax=ax, **plot_kwargs)
+        score_name = "validation R²" if is_regressor(estimator) else "validation accuracy"
+        return cls(estimator.history_, getattr(estimator, "best_epoch_", None), score_name).plot(ax=ax, **plot_kwargs)
 
     def plot(self, ax=None, title=None):
         """Draw loss, validation score and learning rate against epochs.
@@ -102,7 +107,7 @@ class TrainingHistoryDisplay:
         if np.isfinite(self.valid_score).any():
             ax[1].plot(epochs, self.valid_score, "s-", color="C2")
         ax[1].set_xlabel("epoch")
-        ax[1].set_ylabel("validation accuracy")
+        ax[1].set_ylabel(self.score_name)
         ax[2].plot(epochs, self.lr, "-", color="C3")
         ax[2].set_xlabel("epoch")
         ax[2].set_ylabel("learning rate (start of epoch)")

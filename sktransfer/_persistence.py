@@ -22,23 +22,26 @@ import os
 import warnings
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
+
+from ._version import __version__
+from .backbones._backbone import Backbone
+from .backbones._cut import cut_backbone
+from .backbones._loading import load_named
+from .data._augment import RandomAffine
+from .data._preprocessing import Preprocessing
+from .training._network import TransferNet
 
 FORMAT = "sktransfer-estimator"
 FORMAT_VERSION = 1
-_SUPPORTED = ("PretrainedFeatureExtractor", "FineTuneClassifier", "FineTuneRegressor")
+# estimator classes by name, filled by SaveMixin.__init_subclass__ (no import of the estimators here)
+_CLASSES = {}
 
 
 class _Unsupported(Exception):
     pass
-
-
-def _classes():
-    from ._classifier import FineTuneClassifier
-    from ._extractor import PretrainedFeatureExtractor
-    from ._regressor import FineTuneRegressor
-
-    return {cls.__name__: cls for cls in (PretrainedFeatureExtractor, FineTuneClassifier, FineTuneRegressor)}
 
 
 # ----------------------------------------------------------------- encoding
@@ -57,11 +60,6 @@ class _Encoder:
         return prefix
 
     def __call__(self, value, path):
-        from ._augment import RandomAffine
-        from ._backbones import Backbone
-        from ._network import TransferNet
-        from ._preprocessing import Preprocessing
-
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         if isinstance(value, (np.bool_, np.integer, np.floating)):
@@ -114,11 +112,9 @@ def save_estimator(estimator, path, extra=None, extra_tensors=None):
     ``extra`` (JSON-able after tagging) and ``extra_tensors`` (``{name: tensor}``,
     stored under ``"extra."``) carry a training checkpoint's state.
     """
-    from safetensors.torch import save_file
-
     name = type(estimator).__name__
-    if name not in _SUPPORTED:
-        raise TypeError(f"save() supports {_SUPPORTED}, not {name}.")
+    if _CLASSES.get(name) is not type(estimator):
+        raise TypeError(f"save() supports {sorted(_CLASSES)}, not {name}.")
     params = set(estimator.get_params(deep=False))
     state = estimator.__getstate__()
     encoder = _Encoder()
@@ -139,8 +135,6 @@ def save_estimator(estimator, path, extra=None, extra_tensors=None):
             "the loaded estimator has their default values (they only matter when it is fitted again).",
             UserWarning, stacklevel=3,
         )
-    from . import __version__
-
     document = {"format": FORMAT, "version": FORMAT_VERSION, "sktransfer": __version__,
                 "class": name, "attributes": attributes, "defaulted": defaulted}
     if extra is not None:
@@ -164,10 +158,6 @@ class _Decoder:
         return {k[len(start):]: self.handle.get_tensor(k) for k in self.names if k.startswith(start)}
 
     def __call__(self, value):
-        from ._augment import RandomAffine
-        from ._network import TransferNet
-        from ._preprocessing import Preprocessing
-
         if isinstance(value, list):
             return [self(v) for v in value]
         if not isinstance(value, dict):
@@ -197,13 +187,8 @@ class _Decoder:
 
 
 def _rebuild_backbone(recipe):
-    from ._backbones import _load_named
-    from ._preprocessing import Preprocessing
-
-    backbone = _load_named(recipe["name"], None)  # the architecture only: weights come from the file
+    backbone = load_named(recipe["name"], None)  # the architecture only: weights come from the file
     if recipe.get("cut_stage") is not None:
-        from ._cut import cut_backbone
-
         backbone = cut_backbone(backbone, recipe["cut_stage"], recipe["preprocessing"]["image_size"])
     if backbone.family != recipe["family"]:
         raise ValueError(f"backbone {recipe['name']!r} is a {backbone.family} model here, "
@@ -222,8 +207,6 @@ def _load_state(module, tensors, what):
 
 def read_file(path):
     """``(estimator, extra, extra_tensors)`` from a file written by :func:`save_estimator`."""
-    from safetensors import SafetensorError, safe_open
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No estimator file at {path!r}.")
@@ -240,7 +223,7 @@ def read_file(path):
                     f"{path!r} was written by sktransfer {document.get('sktransfer')} (format "
                     f"{document['version']}); this version reads format {FORMAT_VERSION}. Upgrade sktransfer."
                 )
-            cls = _classes().get(document.get("class"))
+            cls = _CLASSES.get(document.get("class"))
             if cls is None:
                 raise ValueError(f"{path!r} holds an unknown class {document.get('class')!r}.")
             decode = _Decoder(handle)
@@ -275,7 +258,7 @@ def load(path):
 
     Returns
     -------
-    estimator : PretrainedFeatureExtractor or FineTuneClassifier
+    estimator : PretrainedFeatureExtractor, FineTuneClassifier or FineTuneRegressor
 
     Examples
     --------
@@ -293,7 +276,16 @@ def load(path):
 
 
 class SaveMixin:
-    """``save(path)`` and ``load(path)`` for sktransfer estimators."""
+    """``save(path)`` and ``load(path)`` for sktransfer estimators.
+
+    Every subclass is registered by its class name, which is what files store;
+    ``register=False`` in the class statement leaves an abstract base out.
+    """
+
+    def __init_subclass__(cls, register=True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if register:
+            _CLASSES.setdefault(cls.__name__, cls)
 
     def save(self, path):
         """Store this estimator as one safetensors file (weights) with JSON metadata.

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 import torch
-from sklearn.base import RegressorMixin
+from sklearn.base import RegressorMixin, _fit_context
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._backbones import DEFAULT_BACKBONE
-from ._finetune import DEFAULT_MIN_STEPS, SHARED_PARAMETERS, BaseFineTune, check_number
-from ._head_init import solve_ridge
-from ._tasks import regression_loss, regression_score
+from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
+from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
+from ._validation import Number, StrOptions
+from .backbones._timm import DEFAULT_BACKBONE
+from .training._head_init import solve_ridge
+from .training._objectives import regression_loss, regression_score
 
 LOSSES = ("squared_error", "huber")
 
@@ -25,7 +29,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     and standard deviation seen by ``fit`` (so the learning rate does not
     depend on their units) and predictions are mapped back.
 
-    Unlike the classifier, ``augment`` defaults to ``False``: random crops
+%(transfer_objective)s    Unlike the classifier, ``augment`` defaults to ``False``: random crops
     change what many regression targets measure (sizes, positions, counts).
     Pass ``augment="default"`` or a :class:`RandomAffine` when the target is
     invariant to them.
@@ -54,9 +58,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     history_ : list of dict
         Per epoch: ``train_loss``, ``valid_loss`` (standardised units),
         ``valid_score`` (R²), ``lr``, ``seconds``...
-    n_epochs_, best_epoch_, n_frozen_stages_, layer_, bn_stats_, backbone_lr_scale_, pixel_range_, n_features_in_
-        As for :class:`FineTuneClassifier`.
-
+%(fitted_attributes)s
     See Also
     --------
     FineTuneClassifier : the same for class labels.
@@ -72,6 +74,12 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     """
 
     _target_noun = "target values"
+
+    _parameter_constraints: dict = {
+        **FINETUNE_CONSTRAINTS,
+        "loss": [StrOptions(set(LOSSES))],
+        "huber_delta": [Number(Real, 0, None, closed="neither")],
+    }
 
     def __init__(
         self,
@@ -131,12 +139,6 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         self.huber_delta = huber_delta
 
     # ------------------------------------------------------------ target hooks
-    def _check_params(self):
-        super()._check_params()
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-        check_number(self.huber_delta, "huber_delta", 0, np.inf, lo_open=True, hi_open=True)
-
     def _check_y(self, y, n_samples):
         y = super()._check_y(y, n_samples)
         try:
@@ -193,6 +195,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         return torch.stack(coefs), torch.stack(biases)
 
     # ---------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Fine-tune on images ``X`` with targets ``y``.
 
@@ -210,6 +213,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         """
         return self._fit(X, y, sample_weight)
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
         """Train one more epoch; the first call sets the target standardisation.
 
@@ -258,7 +262,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         if not np.isnan(y_arr).any():
             return super().score(X, y, sample_weight)
         pred = torch.as_tensor(np.asarray(self.predict(X)).reshape(len(y_arr), -1))
-        w = self._weights(y_arr, sample_weight, len(y_arr))
+        w = self._sample_weights(y_arr, sample_weight, len(y_arr))
         return float(regression_score(pred, torch.as_tensor(y_arr.reshape(len(y_arr), -1)), torch.as_tensor(w)))
 
     def __sklearn_tags__(self):
@@ -268,4 +272,4 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         return tags
 
 
-FineTuneRegressor.__doc__ = FineTuneRegressor.__doc__.replace("%(shared_parameters)s", SHARED_PARAMETERS)
+FineTuneRegressor.__doc__ = fill_docstring(FineTuneRegressor.__doc__)

@@ -11,6 +11,7 @@ from sktransfer import (
     WeightsNotFoundError,
     load_backbone,
 )
+from sktransfer.data._preprocessing import prepare_batch
 
 
 def test_embedded_weights_give_right_imagenet_classes(photos, empty_caches):
@@ -52,11 +53,12 @@ def test_named_backbones_without_weights(name, n_stages, dim, rng):
     Z = ext.transform(X)
     assert Z.shape == (3, dim) and Z.dtype == np.float32
     assert len(ext.backbone_.stages) == n_stages
-    # the embedding is the spatial mean of the last feature map
+    # the embedding is the spatial mean of the last feature map of the prepared images
+    x = prepare_batch(torch.from_numpy(X).permute(0, 3, 1, 2).float() / 255, ext.preprocessing_, torch.device("cpu"))
     with torch.inference_mode():
-        x = torch.randn(2, 3, 64, 64)
         fmap = ext.backbone_.forward_features(x)
     assert fmap.ndim == 4 and fmap.shape[1] == dim
+    np.testing.assert_allclose(Z, fmap.mean((2, 3)).numpy(), rtol=1e-4, atol=1e-5)
     # each stage is a real part of the network: freezing them all leaves only the head
     params = {n for _, ps in ext.backbone_.stages for n in ps}
     assert params.isdisjoint(ext.backbone_.head_parameter_names())
@@ -193,7 +195,7 @@ def test_backbone_is_a_module():
 # -- depthwise convolutions on 1x1 maps --------------------------------------------
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (5, 2), (3, 2)])
 def test_fast_depthwise_conv_equals_conv2d(kernel, stride):
-    from sktransfer._layers import DepthwiseConv2d, use_fast_layers
+    from sktransfer.backbones._fast_layers import DepthwiseConv2d, use_fast_layers
 
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 16, kernel, stride=stride, padding=kernel // 2, groups=16, bias=False)
@@ -214,7 +216,7 @@ def test_fast_depthwise_conv_equals_conv2d(kernel, stride):
 
 
 def test_only_plain_depthwise_convolutions_are_swapped():
-    from sktransfer._layers import DepthwiseConv2d, use_fast_layers
+    from sktransfer.backbones._fast_layers import DepthwiseConv2d, use_fast_layers
 
     model = nn.Sequential(
         nn.Conv2d(8, 8, 3, padding=1, bias=False),  # dense
@@ -230,7 +232,7 @@ def test_only_plain_depthwise_convolutions_are_swapped():
 
 
 def test_lite0_uses_fast_depthwise_and_leaves_user_modules_alone():
-    from sktransfer._layers import DepthwiseConv2d
+    from sktransfer.backbones._fast_layers import DepthwiseConv2d
 
     backbone = load_backbone("efficientnet_lite0")
     fast = [m for m in backbone.model.modules() if type(m) is DepthwiseConv2d]

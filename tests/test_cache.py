@@ -72,7 +72,7 @@ def test_cache_can_be_switched_off(digits, counted):
 
 
 def test_memory_is_bounded():
-    from sktransfer._cache import MemoryLRU
+    from sktransfer.data._cache import MemoryLRU
 
     lru = MemoryLRU(max_bytes=3 * 400)
     for i in range(5):

@@ -239,10 +239,10 @@ def test_fitted_extractor_carries_its_weights(client, digit_files):
 
 
 def _restore_loading():
-    import sktransfer._backbones
     import sktransfer._extractor
+    import sktransfer.backbones._loading
 
-    sktransfer._extractor.load_backbone = sktransfer._backbones.load_backbone
+    sktransfer._extractor.load_backbone = sktransfer.backbones._loading.load_backbone
 
 
 def test_transform_errors(client, digit_files):

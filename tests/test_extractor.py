@@ -16,7 +16,7 @@ def X(photos):
 
 
 def prepared(ext, X):
-    from sktransfer._preprocessing import prepare_batch
+    from sktransfer.data._preprocessing import prepare_batch
 
     return prepare_batch(torch.from_numpy(X).permute(0, 3, 1, 2).float() / 255, ext.preprocessing_, torch.device("cpu"))
 
@@ -82,17 +82,17 @@ def test_stage_alias_is_the_stage_module(X):
 def test_unknown_layer_lists_valid_names(X):
     with pytest.raises(ValueError, match=r"Unknown layer 'layer9'.*stage0.*blocks"):
         PretrainedFeatureExtractor(cache=False, layer="layer9").fit(X)
-    with pytest.raises(TypeError, match="layer must be"):
+    with pytest.raises(TypeError, match="'layer' parameter of PretrainedFeatureExtractor must be"):
         PretrainedFeatureExtractor(cache=False, layer=3).fit(X)
 
 
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"pooling": "median"}, "pooling must be one of"),
-        ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"image_size": -3}, "image_size must be a positive integer"),
-        ({"device": "tpu"}, "device must be"),
+        ({"pooling": "median"}, r"'pooling' parameter of \w+ must be"),
+        ({"batch_size": 0}, r"'batch_size' parameter of \w+ must be"),
+        ({"image_size": -3}, r"'image_size' parameter of \w+ must be"),
+        ({"device": "tpu"}, r"'device' parameter of \w+ must be"),
     ],
 )
 def test_bad_parameters(X, params, match):
@@ -177,7 +177,7 @@ def test_optimized_inference_equals_eager(X, layer):
 
 
 def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
-    import sktransfer._extraction as mod
+    import sktransfer.backbones._layer_outputs as mod
 
     def broken(*args, **kwargs):
         raise RuntimeError("cannot trace")

@@ -9,9 +9,15 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeatureExtractor, load, load_backbone
-from sktransfer._cut import auto_stage, cut_backbone, stage_map_sides
-from sktransfer._head_init import solve_logistic, solve_ridge, standardise
+from sktransfer import (
+    FineTuneClassifier,
+    FineTuneRegressor,
+    PretrainedFeatureExtractor,
+    load,
+    load_backbone,
+)
+from sktransfer.backbones._cut import auto_stage, cut_backbone, stage_map_sides
+from sktransfer.training._head_init import solve_logistic, solve_ridge, standardise
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +158,13 @@ def test_layer_and_freeze_depth_count_the_kept_stages(digits):
 
 
 @pytest.mark.parametrize("params, match", [
-    (dict(min_steps=-1), "min_steps must be an int >= 0"),
-    (dict(min_steps=2.5), "min_steps must be an int >= 0"),
-    (dict(head_init="zeros"), "head_init must be one of"),
-    (dict(layer="blocks.2"), "layer must be 'auto', None"),
-    (dict(layer=["stage2"]), "layer must be 'auto', None"),
-    (dict(backbone_lr_scale="fast"), "backbone_lr_scale must be a number"),
-    (dict(bn_stats="batch"), "bn_stats must be one of"),
+    (dict(min_steps=-1), r"'min_steps' parameter of \w+ must be"),
+    (dict(min_steps=2.5), r"'min_steps' parameter of \w+ must be"),
+    (dict(head_init="zeros"), r"'head_init' parameter of \w+ must be"),
+    (dict(layer="blocks.2"), "'layer' parameter of FineTuneClassifier must be"),
+    (dict(layer=["stage2"]), "'layer' parameter of FineTuneClassifier must be"),
+    (dict(backbone_lr_scale="fast"), r"'backbone_lr_scale' parameter of \w+ must be"),
+    (dict(bn_stats="batch"), r"'bn_stats' parameter of \w+ must be"),
 ])
 def test_new_parameters_are_checked_at_fit(params, match, digits):
     _, X, y = digits
@@ -178,6 +184,10 @@ def test_design_card_grid_search_learns_at_a_cheap_setting(digits):
     ).fit(X[:300], y[:300])
     assert search.best_score_ >= 0.7
     assert search.cv_results_["mean_test_score"].min() >= 0.5  # no candidate is left at chance
+    assert len(search.cv_results_["params"]) == 6
+    best = search.best_estimator_  # refitted with the best freeze depth
+    depth = search.best_params_["freeze_depth"]
+    assert best.n_frozen_stages_ == (len(best.net_.backbone.stages) if depth == "all" else depth)
 
 
 def test_default_extractor_pipeline_on_small_digits(digits):
@@ -228,9 +238,10 @@ def test_bn_stats_pretrained_keeps_the_running_statistics_while_weights_train(di
 @pytest.mark.parametrize("n, batch_size, expected", [(319, 32, "pretrained"), (320, 32, "update"),
                                                       (90, 8, "update")])
 def test_bn_stats_auto_depends_on_the_number_of_batches(n, batch_size, expected):
-    from sktransfer._freezing import resolve_bn_stats
-
-    from sktransfer._freezing import resolve_backbone_lr_scale
+    from sktransfer.training._freezing import (
+        resolve_backbone_lr_scale,
+        resolve_bn_stats,
+    )
 
     assert resolve_bn_stats("auto", n, batch_size) == expected
     assert resolve_bn_stats("update", 5, 32) == "update"

@@ -58,10 +58,16 @@ def test_freeze_all_is_a_linear_probe(data, pretrained):
     assert clf.n_frozen_stages_ == len(clf.net_.backbone.stages) == 8
 
 
-@pytest.mark.parametrize("depth", [-1, 9, 2.5, "some"])
-def test_freeze_depth_out_of_range(data, depth):
+@pytest.mark.parametrize("depth, match", [
+    (9, r"freeze_depth must be an int in \[0, 8\] \(the number of backbone stages frozen from the input; "
+        r"this backbone has 8\) or 'all', got 9"),  # known once the backbone is
+    (-1, r"'freeze_depth' parameter of FineTuneClassifier must be an int in the range \[0, inf\) or a str among"),
+    (2.5, r"'freeze_depth' parameter of FineTuneClassifier must be an int"),
+    ("some", r"'freeze_depth' parameter of FineTuneClassifier must be an int"),
+])
+def test_freeze_depth_out_of_range(data, depth, match):
     X, y = data
-    with pytest.raises(ValueError, match=r"freeze_depth must be an int in \[0, 8\]"):
+    with pytest.raises(ValueError, match=match):
         FineTuneClassifier(freeze_depth=depth, layer=None, **FAST).fit(X, y)
 
 
@@ -85,8 +91,8 @@ def test_reg_lambda_pulls_toward_pretrained_weights(data, pretrained):
 
 def test_penalty_value_is_lambda_half_squared_distance(pretrained):
     from sktransfer import TransferNet
-    from sktransfer._freezing import freeze
-    from sktransfer._regularization import WeightPenalty
+    from sktransfer.training._freezing import freeze
+    from sktransfer.training._penalties import WeightPenalty
 
     backbone = load_backbone("efficientnet_lite0")
     net = TransferNet(backbone, 1280, 3)
@@ -103,7 +109,7 @@ def test_penalty_value_is_lambda_half_squared_distance(pretrained):
 
 def test_optimizer_applies_no_decay_to_regularised_backbone(data):
     from sktransfer import TransferNet
-    from sktransfer._training import make_optimizer
+    from sktransfer.training._optim import make_optimizer
 
     net = TransferNet(load_backbone("efficientnet_lite0", weights=None), 1280, 3)
     opt = make_optimizer(net, "adamw", 1e-3, 0.05, backbone_lr_scale=0.1, layer_decay=0.5)
@@ -130,41 +136,31 @@ def test_fusion_alpha(data, pretrained):
 
 
 def test_early_stopping_restores_the_best_epoch(data, monkeypatch):
-    import sktransfer._finetune as mod
+    from sktransfer.training._trainer import Trainer
 
     X, y = data
     snapshots = []
-    original = mod.evaluate
+    original = Trainer.evaluate
 
-    def recording(net, *args, **kwargs):
-        result = original(net, *args, **kwargs)
+    def recording(self, net, *args, **kwargs):
+        result = original(self, net, *args, **kwargs)
         snapshots.append(({k: v.clone() for k, v in net.state_dict().items()}, result[0]))
         return result
 
-    monkeypatch.setattr(mod, "evaluate", recording)
+    monkeypatch.setattr(Trainer, "evaluate", recording)
     # a learning rate that makes training diverge after a good start
     clf = FineTuneClassifier(
-        early_stopping=True, validation_fraction=0.25, n_iter_no_change=2, max_epochs=8,
+        early_stopping=True, validation_fraction=0.25, n_iter_no_change=1, max_epochs=8,
         lr=0.5, backbone_lr_scale=0.2, lr_schedule="constant", **FAST,
     ).fit(X, y)
     losses = [h["valid_loss"] for h in clf.history_]
     assert clf.best_epoch_ == int(np.argmin(losses))
-    assert clf.n_epochs_ == len(losses) <= 8
-    if clf.n_epochs_ < 8:
-        assert clf.n_epochs_ - 1 - clf.best_epoch_ == 2
+    # training diverges: early stopping ends it n_iter_no_change epochs after the best one
+    assert clf.n_epochs_ == len(losses) < 8
+    assert clf.n_epochs_ - 1 - clf.best_epoch_ == 1
     best_state = snapshots[clf.best_epoch_][0]
     for k, v in clf.net_.state_dict().items():
         assert torch.equal(v, best_state[k])
-    assert clf.best_epoch_ != clf.n_epochs_ - 1 or clf.n_epochs_ == 8
-
-
-def test_same_random_state_same_predictions(data):
-    X, y = data
-    a = FineTuneClassifier(max_epochs=2, **FAST).fit(X, y).predict_proba(X[:20])
-    b = FineTuneClassifier(max_epochs=2, **FAST).fit(X, y).predict_proba(X[:20])
-    np.testing.assert_array_equal(a, b)
-    c = FineTuneClassifier(max_epochs=2, **dict(FAST, random_state=1)).fit(X, y).predict_proba(X[:20])
-    assert not np.array_equal(a, c)
 
 
 def test_string_labels_and_prediction_methods(data):
@@ -227,7 +223,7 @@ def test_augment_is_used_in_training_only(data):
     assert sum(calls) == len(X)
     clf.predict(X)
     assert sum(calls) == len(X)
-    with pytest.raises(ValueError, match="augment must be"):
+    with pytest.raises(ValueError, match=r"'augment' parameter of \w+ must be"):
         FineTuneClassifier(augment="lots").fit(X, y)
 
 
@@ -246,17 +242,6 @@ def test_default_augmentation_changes_images_but_keeps_shape():
     assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
 
 
-def test_last_batch_of_one_sample(data):
-    X, y = data
-    # 33 samples, batches of 16: 16 + 17, never a batch of 1 (1x1 maps at 32 px would break BatchNorm)
-    clf = FineTuneClassifier(max_epochs=1, image_size=32, batch_size=16, random_state=0).fit(X[:33], y[:33])
-    assert np.isfinite(clf.history_[0]["train_loss"])
-    from sktransfer._data import batch_indices
-
-    assert [len(b) for b in batch_indices(33, 16)] == [16, 17]
-    assert [len(b) for b in batch_indices(32, 16)] == [16, 16]
-
-
 def test_source_to_target_transfer(data):
     X, y = data
     source = FineTuneClassifier(max_epochs=1, **FAST).fit(X, y % 2)
@@ -266,7 +251,7 @@ def test_source_to_target_transfer(data):
         source.net_.eval()
         x = torch.stack([torch.zeros(3, 32, 32)])
         expected = source.net_.features(x).numpy()
-    from sktransfer._extraction import forward_layers
+    from sktransfer.backbones._layer_outputs import forward_layers
 
     with torch.inference_mode():
         got = forward_layers(ext.backbone_, x, ext.layers_, "avg").numpy()
@@ -308,27 +293,27 @@ def test_history_display(data):
 
 
 def test_linear_probe_then_fine_tune(data, pretrained, monkeypatch):
-    import sktransfer._finetune as mod
+    from sktransfer.training._trainer import Trainer
 
     X, y = data
     seen = []
-    original = mod.run_epoch
+    original = Trainer._epoch
 
-    def spy(net, *args, **kwargs):
+    def spy(self, net, *args, **kwargs):
         seen.append(sum(p.requires_grad for p in net.backbone.parameters()))
-        return original(net, *args, **kwargs)
+        return original(self, net, *args, **kwargs)
 
-    monkeypatch.setattr(mod, "run_epoch", spy)
+    monkeypatch.setattr(Trainer, "_epoch", spy)
     clf = FineTuneClassifier(linear_probe_epochs=1, max_epochs=1, **FAST).fit(X, y)
     assert [h["phase"] for h in clf.history_] == ["linear_probe", "fine_tune"]
     assert seen[0] == 0 and seen[1] > 0
 
 
 def test_keyboard_interrupt_keeps_a_usable_estimator(data, monkeypatch):
-    import sktransfer._finetune as mod
+    from sktransfer.training._trainer import Trainer
 
     X, y = data
-    original = mod.run_epoch
+    original = Trainer._epoch
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -337,7 +322,7 @@ def test_keyboard_interrupt_keeps_a_usable_estimator(data, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(mod, "run_epoch", interrupted)
+    monkeypatch.setattr(Trainer, "_epoch", interrupted)
     with pytest.warns(RuntimeWarning, match="interrupted"):
         clf = FineTuneClassifier(max_epochs=5, **FAST).fit(X, y)
     assert clf.n_epochs_ == 1
@@ -347,32 +332,22 @@ def test_keyboard_interrupt_keeps_a_usable_estimator(data, monkeypatch):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"reg_lambda": -1.0}, "reg_lambda must be a float >= 0"),
-        ({"regularization": "l1"}, "regularization must be one of"),
-        ({"fusion_alpha": 1.5}, r"fusion_alpha must be a number in \[0, 1\]"),
-        ({"max_epochs": 0}, "max_epochs must be a positive integer"),
-        ({"lr": 0}, "lr must be a number"),
-        ({"optimizer": "lion"}, "optimizer must be one of"),
-        ({"lr_schedule": "wavy"}, "lr_schedule must be one of"),
-        ({"validation_fraction": 1.0}, "validation_fraction"),
-        ({"label_smoothing": 1.0}, r"label_smoothing must be a number in \[0, 1\)"),
-        ({"label_smoothing": True}, "label_smoothing must be a number"),
+        ({"reg_lambda": -1.0}, r"'reg_lambda' parameter of \w+ must be"),
+        ({"regularization": "l1"}, r"'regularization' parameter of \w+ must be"),
+        ({"fusion_alpha": 1.5}, r"'fusion_alpha' parameter of \w+ must be"),
+        ({"max_epochs": 0}, r"'max_epochs' parameter of \w+ must be"),
+        ({"lr": 0}, r"'lr' parameter of \w+ must be"),
+        ({"optimizer": "lion"}, r"'optimizer' parameter of \w+ must be"),
+        ({"lr_schedule": "wavy"}, r"'lr_schedule' parameter of \w+ must be"),
+        ({"validation_fraction": 1.0}, "'validation_fraction' parameter of FineTuneClassifier must be a float in the range \\(0.0, 1.0\\)"),
+        ({"label_smoothing": 1.0}, r"'label_smoothing' parameter of \w+ must be"),
+        ({"label_smoothing": True}, r"'label_smoothing' parameter of \w+ must be"),
     ],
 )
 def test_bad_parameters(data, params, match):
     X, y = data
     with pytest.raises(ValueError, match=match):
         FineTuneClassifier(**params).fit(X, y)
-
-
-def test_bad_targets(data):
-    X, y = data
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        FineTuneClassifier(**FAST).fit(X, np.zeros(len(X)))
-    with pytest.raises(ValueError, match="Unknown label type"):
-        FineTuneClassifier(**FAST).fit(X, np.linspace(0, 1, len(X)))
-    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
-        FineTuneClassifier(**FAST).fit(X, y[:10])
 
 
 def test_verbose_progress(data, capsys):
@@ -394,7 +369,7 @@ def test_unfitted_estimator_as_backbone_says_how_to_keep_weights(data):
 @pytest.mark.parametrize("freeze_depth", ["all", 3])
 def test_frozen_prefix_is_computed_once_and_trains_the_same(data, monkeypatch, freeze_depth):
     """Frozen stages without augmentation run once per fit; training is unchanged."""
-    import sktransfer._prefix as mod
+    import sktransfer.training._frozen_prefix as mod
 
     X, y = data
     calls = []
@@ -418,9 +393,10 @@ def test_frozen_prefix_is_computed_once_and_trains_the_same(data, monkeypatch, f
 
 
 def test_frozen_prefix_splits_lite0_at_every_stage_boundary():
-    from sktransfer._freezing import freeze
-    from sktransfer._network import TransferNet
-    from sktransfer._prefix import module_chain, split_chain
+    from sktransfer.backbones._chain import module_chain
+    from sktransfer.training._freezing import freeze
+    from sktransfer.training._frozen_prefix import split_chain
+    from sktransfer.training._network import TransferNet
 
     backbone = load_backbone("efficientnet_lite0")
     probe = torch.randn(2, 3, 32, 32)
@@ -438,10 +414,11 @@ def test_frozen_prefix_splits_lite0_at_every_stage_boundary():
 def test_frozen_prefix_falls_back_when_it_cannot_split(monkeypatch, data):
     """A functional step between children, dropout in the prefix or a memory
     budget too small: the full network runs in every step instead."""
-    import sktransfer._prefix as mod
-    from sktransfer._freezing import freeze
-    from sktransfer._network import TransferNet
-    from sktransfer._prefix import module_chain, split_chain
+    import sktransfer.training._frozen_prefix as mod
+    from sktransfer.backbones._chain import module_chain
+    from sktransfer.training._freezing import freeze
+    from sktransfer.training._frozen_prefix import split_chain
+    from sktransfer.training._network import TransferNet
 
     class Doubling(torch.nn.Module):
         def __init__(self):

@@ -66,7 +66,7 @@ def test_files_pil_and_series_agree(extractor, rgb, tmp_path):
 
 
 def test_files_are_decoded_lazily_one_at_a_time(extractor, rgb, tmp_path, monkeypatch):
-    from sktransfer import _inputs
+    from sktransfer.data import _sources as _inputs
 
     paths = []
     for i in range(7):
@@ -107,7 +107,7 @@ def test_tables_with_input_shape(digits):
 
 
 def test_default_shape_of_non_square_tables(rng):
-    from sktransfer._inputs import default_input_shape
+    from sktransfer.data._sources import default_input_shape
 
     assert default_input_shape(64) == (8, 8)
     assert default_input_shape(10) == (1, 10)

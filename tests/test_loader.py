@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
-from sktransfer._loader import resolve_num_workers
+from sktransfer.data._batches import resolve_num_workers
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def test_classifier_reads_files_in_workers(image_files):
 
 
 def test_auto_uses_workers_for_files_only(image_files, monkeypatch):
-    import sktransfer._loader as loader
-    from sktransfer._inputs import as_images
+    import sktransfer.data._batches as loader
+    from sktransfer.data._sources import as_images
 
     monkeypatch.setattr(loader.os, "cpu_count", lambda: 8)
     paths, _ = image_files
@@ -70,8 +70,8 @@ def test_daemon_processes_decode_in_process(image_files, monkeypatch):
     """A Dask worker is a daemon: it cannot start DataLoader workers."""
     import multiprocessing
 
-    import sktransfer._loader as loader
-    from sktransfer._inputs import as_images
+    import sktransfer.data._batches as loader
+    from sktransfer.data._sources import as_images
 
     monkeypatch.setattr(loader.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)
@@ -85,7 +85,7 @@ def test_daemon_processes_decode_in_process(image_files, monkeypatch):
 @pytest.mark.parametrize("bad", [-1, 1.5, "two", True])
 def test_bad_num_workers(bad):
     X = np.zeros((4, 8, 8))
-    with pytest.raises(ValueError, match="num_workers must be 'auto' or an int"):
+    with pytest.raises(ValueError, match=r"'num_workers' parameter of \w+ must be"):
         PretrainedFeatureExtractor(num_workers=bad).fit(X)
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import sktransfer
 from sktransfer import FineTuneClassifier, FineTuneRegressor
-from sktransfer._tasks import classification_loss, regression_loss
+from sktransfer.training._objectives import classification_loss, regression_loss
 
 FAST = dict(image_size=32, batch_size=16, max_epochs=1, min_steps=0, random_state=0)
 
@@ -163,9 +163,9 @@ def test_regressor_multi_output_with_missing_values_and_huber(data):
     assert np.isfinite(reg.score(X, Y))
     with pytest.raises(ValueError, match="cannot have missing values"):
         FineTuneRegressor(**FAST).fit(X, np.where(np.arange(64) % 5, y, np.nan))
-    with pytest.raises(ValueError, match="loss must be one of"):
+    with pytest.raises(ValueError, match=r"'loss' parameter of \w+ must be"):
         FineTuneRegressor(loss="l1", **FAST).fit(X, y)
-    with pytest.raises(ValueError, match=r"huber_delta must be a number in \(0, inf\)"):
+    with pytest.raises(ValueError, match=r"'huber_delta' parameter of \w+ must be"):
         FineTuneRegressor(huber_delta=0, **FAST).fit(X, y)
 
 
@@ -174,7 +174,14 @@ def test_regressor_freezes_and_regularises_like_the_classifier(data):
     reg = FineTuneRegressor(freeze_depth=3, reg_lambda=0.1, linear_probe_epochs=1, **FAST).fit(X, y.astype(float))
     assert reg.n_frozen_stages_ == 3
     assert [h["phase"] for h in reg.history_] == ["linear_probe", "fine_tune"]
-    assert reg.history_[-1]["penalty"] >= 0
+    # the recorded penalty is λ/2 ||w - w_pretrained||² over the trainable backbone weights, which moved
+    anchor = reg._anchor_state()
+    distance = sum(float(((p.detach() - anchor[n]) ** 2).sum())
+                   for n, p in reg.net_.backbone.model.named_parameters() if p.requires_grad)
+    assert distance > 0
+    assert reg.history_[-1]["penalty"] == pytest.approx(0.5 * 0.1 * distance, rel=1e-4)
+    frozen = [n for _, names in reg.net_.backbone.stages[:3] for n in names]
+    assert all(torch.equal(reg.net_.backbone.model.get_parameter(n).detach(), anchor[n]) for n in frozen)
 
 
 def test_multi_task_estimators_round_trip_through_save(data, tmp_path):

@@ -8,6 +8,7 @@ from PIL import Image
 from sklearn.exceptions import NotFittedError
 
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
+from sktransfer.data._batches import batch_indices
 
 FAST = dict(image_size=32, batch_size=16, max_epochs=1, min_steps=0, random_state=0)
 
@@ -88,6 +89,10 @@ def test_odd_but_valid_inputs(photos):
 def test_last_training_batch_of_one_and_rows_with_input_shape(digits):
     _, table, target = digits
     X, y = table[:17], target[:17] % 2  # batch_size 16: a last batch of one sample
+    # it joins the batch before (a batch of one cannot be normalised by BatchNorm in training)
+    assert [len(b) for b in batch_indices(17, 16)] == [17]
+    assert [len(b) for b in batch_indices(33, 16)] == [16, 17]
+    assert [len(b) for b in batch_indices(32, 16)] == [16, 16]
     clf = FineTuneClassifier(input_shape=(8, 8), **FAST).fit(X, y)
     assert np.isfinite(clf.history_[0]["train_loss"])
     wide = FineTuneClassifier(input_shape=(4, 16), **FAST).fit(X, y)
@@ -136,7 +141,7 @@ def _oom_above(limit, fn, position=0):
 
 
 def test_out_of_memory_halves_the_batch_in_transform(digits, monkeypatch, recwarn):
-    import sktransfer._extraction as extraction
+    import sktransfer._extractor as extraction
 
     _, table, _ = digits
     X = table[:40]
@@ -171,9 +176,9 @@ class Killed(Exception):
 
 
 def _kill_at(monkeypatch, epoch):
-    import sktransfer._finetune as mod
+    from sktransfer.training._trainer import Trainer
 
-    original = mod.run_epoch
+    original = Trainer._epoch
     calls = []
 
     def run_epoch(*args, **kwargs):
@@ -182,7 +187,7 @@ def _kill_at(monkeypatch, epoch):
             raise Killed
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(mod, "run_epoch", run_epoch)
+    monkeypatch.setattr(Trainer, "_epoch", run_epoch)
 
 
 @pytest.mark.parametrize("kill_at", [2, 4])

@@ -1,4 +1,6 @@
-"""Prepared input batches, decoded in DataLoader worker processes for files.
+"""Backbone input batches: prepared once when they fit in memory, decoded per batch otherwise.
+
+Files are decoded in DataLoader worker processes.
 
 Arrays need no decoding and are prepared in the main process, a batch at a
 time. Files are decoded, converted and resized one at a time, in the main
@@ -13,6 +15,7 @@ import multiprocessing
 import os
 from numbers import Integral
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -32,13 +35,6 @@ def check_num_workers(num_workers):
     return int(num_workers)
 
 
-def decodes_files(source):
-    """True when ``source`` (or the subset it views) holds file paths."""
-    source = getattr(source, "source", source)  # a cache's SubsetSource
-    items = getattr(source, "items", None)
-    return items is not None and any(isinstance(it, (str, os.PathLike)) for it in items)
-
-
 def resolve_num_workers(num_workers, source, batch_size):
     """Worker processes for ``source``: 0 for arrays, which need no decoding.
 
@@ -49,7 +45,7 @@ def resolve_num_workers(num_workers, source, batch_size):
     threads: measured slower than decoding in the main process (docs/benchmarks.md).
     """
     num_workers = check_num_workers(num_workers)
-    if not decodes_files(source):
+    if not source.decodes_files:
         return 0
     daemon = multiprocessing.current_process().daemon
     if num_workers == "auto":
@@ -83,7 +79,7 @@ def prepare_indices(source, indices, spec, device, channels_last=False):
     Files are decoded and resized one at a time: a batch of large photographs
     never sits in memory at full size.
     """
-    if not decodes_files(source):
+    if not source.decodes_files:
         return prepare_batch(source.batch(indices), spec, device, channels_last)
     if isinstance(indices, slice):
         indices = range(*indices.indices(len(source)))
@@ -123,3 +119,55 @@ def prepared_batches(source, spec, batch_size, device, channels_last=False, num_
     for x in loader:
         yield start, start + len(x), to_device(x, device, channels_last)
         start += len(x)
+
+
+PREPARED_CACHE_BYTES = 2 * 2**30
+
+
+class PreparedImages:
+    """Normalised backbone inputs for an :class:`ImageSource`.
+
+    When all images, resized, fit in ``PREPARED_CACHE_BYTES`` they are prepared
+    once (CPU, float32; image files decoded in ``num_workers`` processes) and
+    epochs only index them; otherwise each batch is decoded and resized when
+    asked for.
+    """
+
+    def __init__(self, source, spec, device, channels_last, num_workers=0):
+        self.source = source
+        self.spec = spec
+        self.device = device
+        self.channels_last = channels_last
+        size = spec.image_size
+        self.cache = None
+        if len(source) * 3 * size * size * 4 <= PREPARED_CACHE_BYTES:
+            batches = prepared_batches(source, spec, 256, torch.device("cpu"), num_workers=num_workers)
+            parts = [x for _, _, x in batches]
+            self.cache = pinned(torch.cat(parts), device)
+
+    def __len__(self):
+        return len(self.source)
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        if self.cache is not None:
+            return to_device(self.cache[torch.from_numpy(indices)], self.device, self.channels_last)
+        return prepare_indices(self.source, indices, self.spec, self.device, self.channels_last)
+
+
+def batch_indices(n, batch_size, rng=None):
+    """Index batches of one epoch; the last batch never holds a single sample.
+
+    A last batch of one sample is merged into the previous one (BatchNorm
+    cannot normalise one value per channel in training mode).
+    """
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def pinned(tensor, device):
+    """Page-locked host memory when batches go to a GPU (asynchronous copies)."""
+    return tensor.pin_memory() if device.type == "cuda" else tensor

@@ -7,13 +7,6 @@ import torch
 REGULARIZATIONS = ("l2sp", "l2")
 
 
-def check_regularization(regularization, reg_lambda):
-    if regularization not in REGULARIZATIONS:
-        raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}.")
-    if isinstance(reg_lambda, bool) or not isinstance(reg_lambda, (int, float)) or not reg_lambda >= 0:
-        raise ValueError(f"reg_lambda must be a float >= 0, got {reg_lambda!r}.")
-
-
 class WeightPenalty:
     """``lambda / 2 * sum ||w - w_anchor||^2`` over the trainable backbone weights.
 
@@ -38,7 +31,8 @@ class WeightPenalty:
             else:
                 self.anchors.append(None)
 
-    def __call__(self):
+    def __call__(self, step=None):
+        """The penalty (a loss term: ``step`` is not needed), or ``None`` without weights."""
         if not self.params:
             return None
         total = 0.0

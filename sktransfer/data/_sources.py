@@ -53,6 +53,11 @@ class ImageSource:
         """Images at ``indices``: a (b, C, H, W) float32 tensor or a list of (C, H, W) tensors."""
         raise NotImplementedError
 
+    @property
+    def decodes_files(self):
+        """True when batches are decoded from image files (worth worker processes)."""
+        return False
+
 
 def _scale(array, pixel_range):
     """Numeric array or tensor -> float32 tensor in [0, 1] (always a fresh copy)."""
@@ -85,6 +90,24 @@ class ArraySource(ImageSource):
         return _scale(self.data[indices], self.pixel_range)
 
 
+class SubsetSource(ImageSource):
+    """The images of ``source`` at ``indices`` (for instance, those no cache holds)."""
+
+    def __init__(self, source, indices):
+        self.source = source
+        self.indices = np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def batch(self, indices):
+        return self.source.batch(self.indices[indices])
+
+    @property
+    def decodes_files(self):
+        return self.source.decodes_files
+
+
 def _minmax(data):
     if isinstance(data, torch.Tensor):
         return float(data.min()), float(data.max())
@@ -106,6 +129,10 @@ class ListSource(ImageSource):
     def __len__(self):
         return len(self.items)
 
+    @property
+    def decodes_files(self):
+        return any(isinstance(it, (str, os.PathLike)) for it in self.items)
+
     def batch(self, indices):
         if isinstance(indices, slice):
             indices = range(*indices.indices(len(self.items)))
@@ -114,14 +141,14 @@ class ListSource(ImageSource):
     def _decode(self, item):
         if isinstance(item, (str, os.PathLike)):
             return _scale(_read_image(item), None)
-        if _is_pil(item):
+        if is_pil(item):
             return _scale(_pil_to_array(item), None)
         if isinstance(item, torch.Tensor):
             return _scale(_to_nchw(item[None], torch_layout=True)[0], self.pixel_range)
         return _scale(_to_nchw(np.asarray(item)[None], torch_layout=False)[0], self.pixel_range)
 
 
-def _is_pil(obj):
+def is_pil(obj):
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
@@ -217,7 +244,7 @@ def _check_finite(data):
 
 def _looks_like_items(seq):
     first = seq[0]
-    return isinstance(first, (str, os.PathLike, np.ndarray, torch.Tensor)) or _is_pil(first)
+    return isinstance(first, (str, os.PathLike, np.ndarray, torch.Tensor)) or is_pil(first)
 
 
 def _items_source(items, pixel_range):
@@ -225,7 +252,7 @@ def _items_source(items, pixel_range):
     for it in items:
         if isinstance(it, (str, os.PathLike)):
             kinds.add("path")
-        elif _is_pil(it):
+        elif is_pil(it):
             kinds.add("pil")
         elif isinstance(it, (np.ndarray, torch.Tensor)):
             if isinstance(it, np.ndarray) and it.dtype.kind not in "biuf":
@@ -307,19 +334,3 @@ def learn_pixel_range(source, pixel_range):
     if hi <= lo:
         hi = lo + 1.0
     return lo, hi
-
-
-def check_pixel_range(pixel_range):
-    if isinstance(pixel_range, str) and pixel_range == "auto":
-        return
-    ok = (
-        isinstance(pixel_range, (tuple, list))
-        and len(pixel_range) == 2
-        and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in pixel_range)
-        and float(pixel_range[1]) > float(pixel_range[0])
-    )
-    if not ok:
-        raise ValueError(
-            "pixel_range must be 'auto' or a pair (lo, hi) with lo < hi giving the "
-            f"black and white values of float inputs, got {pixel_range!r}."
-        )

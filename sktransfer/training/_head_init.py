@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._inference import precompute
+
 HEAD_INITS = ("solve", "random")
 C = 1.0
 RIDGE_ALPHA = 1.0
@@ -75,3 +77,25 @@ def set_head(head, coef, bias, mean, scale):
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight.dtype))
         head.bias.copy_((bias - weight @ mean).to(head.bias.dtype))
+
+
+def solve_head(net, data, train_idx, y_enc, w, device, batch_size, solver):
+    """Set ``net.head`` to ``solver(Z, y, w) -> (coef, bias)`` solved on the standardised
+    frozen features of the images at ``train_idx``."""
+    features = precompute(net.features, net, data, device, batch_size, train_idx)
+    z, mean, scale = standardise(features)
+    coef, bias = solver(z, y_enc[train_idx], torch.as_tensor(w[train_idx]))
+    set_head(net.head, coef, bias, mean, scale)
+
+
+def solve_logistic_per_task(z, y_enc, w, splits):
+    """One logistic regression per task (``splits``: classes per task), rows without a label skipped;
+    the tasks' weights and biases stacked as one head."""
+    target = torch.as_tensor(y_enc).reshape(len(y_enc), -1)
+    coefs, biases = [], []
+    for t, n_classes in enumerate(splits):
+        known = target[:, t] >= 0
+        coef, bias = solve_logistic(z[known], target[known, t], w[known], n_classes)
+        coefs.append(coef)
+        biases.append(bias)
+    return torch.cat(coefs), torch.cat(biases)

@@ -1,17 +1,14 @@
-"""Running a backbone up to the requested layers, batch by batch."""
+"""The outputs of requested layers of a backbone, pooled into one vector per image."""
 
 from __future__ import annotations
 
 import re
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
-from ._backbones import _Stop
-from ._device import HalvingOnOOM, autocast
-from ._loader import prepared_batches
+from ._hooks import record
 from ._pooling import pool
 
 EMBEDDING = "embedding"
@@ -67,49 +64,17 @@ def resolve_layers(backbone, layer):
 def forward_layers(backbone, x, plan, pooling):
     """Pooled, concatenated outputs of the planned layers for one batch."""
     labels = [label for label, _ in plan]
-    taps = {label: module for label, module in plan if module is not None}
-    captured = {}
-    pending = set(taps)
-    stop_early = [False]
     modules = dict(backbone.model.named_modules())
-
-    def make_hook(label):
-        def hook(_module, _inputs, output):
-            captured[label] = output
-            pending.discard(label)
-            if stop_early[0] and not pending:
-                raise _Stop
-
-        return hook
-
-    handles = [modules[module].register_forward_hook(make_hook(label)) for label, module in taps.items()]
-    try:
-        if LOGITS in labels:
-            captured[LOGITS] = backbone(x)
-        if EMBEDDING in labels:
-            captured[EMBEDDING] = backbone.forward_features(x)
-        if pending:
-            stop_early[0] = True
-            try:
-                backbone(x)
-            except _Stop:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    taps = {label: modules[module] for label, module in plan if module is not None}
+    captured = {}
+    if LOGITS in labels:
+        captured[LOGITS] = backbone(x)
+    if EMBEDDING in labels:
+        captured[EMBEDDING] = backbone.forward_features(x)
+    if taps:
+        # the forward pass stops once every tapped module has run
+        captured.update(record(lambda: backbone(x), taps, stop_when_done=True))
     return torch.cat([pool(captured[label], pooling) for label in labels], dim=1)
-
-
-def batch_invariant(fn, x):
-    """``fn(x)``, with a batch of one image run as a batch of two.
-
-    CPU kernels pick another algorithm for a single image; its results differ
-    from the batched ones in the 6th digit. Doubling a lone image keeps every
-    sample's output independent of how the data was split into batches.
-    """
-    if x.shape[0] != 1:
-        return fn(x)
-    return fn(torch.cat([x, x]))[:1]
 
 
 class PlanModule(nn.Module):
@@ -154,37 +119,3 @@ def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
     if not bool((cosine >= tolerance).all()):
         return None
     return optimized
-
-
-def forward_batches(runner, source, spec, device, batch_size, channels_last, num_workers, emit):
-    """Call ``emit(start, stop, output)`` with ``runner``'s float32 CPU output on each
-    prepared batch of ``source``, in order: inference mode, autocast, batch-size
-    invariant, and batches halved when the device runs out of memory."""
-    run = HalvingOnOOM(lambda b: batch_invariant(runner, b))
-    with torch.inference_mode(), autocast(device):
-        for start, stop, x in prepared_batches(source, spec, batch_size, device, channels_last, num_workers):
-            emit(start, stop, run(x).float().cpu())
-
-
-def extract(backbone, source, plan, pooling, spec, device, batch_size, channels_last=True,
-            progress=None, runner=None, num_workers=0):
-    """Embeddings of every image in ``source`` as a float32 numpy array.
-
-    ``runner`` replaces the eager forward (e.g. the module of :func:`optimize_for_cpu`);
-    ``num_workers`` worker processes decode image files (see :mod:`._loader`).
-    """
-    if runner is None:
-        def runner(b):
-            return forward_layers(backbone, b, plan, pooling)
-    out = None
-
-    def emit(start, stop, feats):
-        nonlocal out
-        if out is None:
-            out = np.empty((len(source), feats.shape[1]), dtype=np.float32)
-        out[start:stop] = feats.numpy()
-        if progress is not None:
-            progress.update(stop - start)
-
-    forward_batches(runner, source, spec, device, batch_size, channels_last, num_workers, emit)
-    return out

@@ -22,8 +22,8 @@ import warnings
 import numpy as np
 import torch
 
-from ._cache import item_keys
-from ._persistence import read_file, save_estimator
+from .._persistence import read_file, save_estimator
+from ..data._cache import item_keys
 
 _NOT_IN_DIGEST = ("checkpoint_dir", "verbose", "warm_start", "num_workers", "device")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._pooling import pool
+from ..backbones._pooling import pool
 
 
 class TransferNet(nn.Module):
@@ -34,21 +34,3 @@ class TransferNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.dropout(self.features(x)))
-
-
-class HeadOnly(nn.Module):
-    """The dropout and head of a :class:`TransferNet`, applied to precomputed features."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, features):
-        return self.net.head(self.net.dropout(features))
-
-    def train(self, mode=True):
-        # the backbone stays in eval mode: only dropout and the head train
-        self.net.dropout.train(mode)
-        self.net.head.train(mode)
-        self.training = mode
-        return self

@@ -1,16 +1,11 @@
-"""Optimizer, learning-rate schedule, epochs and evaluation for TransferNet."""
+"""Optimizers (one parameter group per backbone stage) and per-step learning-rate schedules."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
-
-from ._data import batch_indices
-from ._device import autocast
-from ._freezing import train_mode
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear", "onecycle")
@@ -66,62 +61,6 @@ def make_scheduler(optimizer, schedule, total_steps, warmup_fraction=0.1):
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (step - peak) / max(1, total_steps - peak)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def run_epoch(net, data, train_idx, y, w, optimizer, scheduler, penalty, loss_fn, augment,
-              device, batch_size, rng, bar=None):
-    """One pass over ``train_idx``; returns the mean training loss (penalty excluded)."""
-    train_mode(net)
-    total, count = 0.0, 0.0
-    for batch in batch_indices(len(train_idx), batch_size, rng):
-        idx = train_idx[batch]
-        x = data.batch(idx)
-        if augment is not None:
-            x = augment(x)
-        target = torch.as_tensor(y[idx], device=device)
-        weight = torch.as_tensor(w[idx], device=device, dtype=torch.float32)
-        with autocast(device):
-            logits = net(x)
-        loss = loss_fn(logits, target, weight)
-        reg = penalty()
-        objective = loss if reg is None else loss + reg
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += float(loss.detach()) * float(weight.sum())
-        count += float(weight.sum())
-        if bar is not None:
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
-    return total / max(count, 1e-12)
-
-
-def predict_logits(net, data, indices, device, batch_size):
-    net.eval()
-    outs = []
-    with torch.inference_mode(), autocast(device):
-        for start in range(0, len(indices), batch_size):
-            outs.append(net(data.batch(indices[start:start + batch_size])).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0)
-
-
-def evaluate(net, data, indices, y, w, loss_fn, score_fn, device, batch_size):
-    """Weighted loss and score (accuracy, R², ...) on ``indices``."""
-    logits = predict_logits(net, data, indices, device, batch_size)
-    target = torch.as_tensor(y[indices])
-    weight = torch.as_tensor(w[indices], dtype=torch.float32)
-    return float(loss_fn(logits, target, weight)), float(score_fn(logits, target, weight))
-
-
-class EpochTimer:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
 
 
 def current_lr(optimizer):

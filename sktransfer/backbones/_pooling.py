@@ -8,16 +8,6 @@ POOLINGS = ("avg", "max", "avgmax", "catavgmax", "gem", "token", None)
 GEM_P = 3.0
 
 
-def check_pooling(pooling):
-    if pooling not in POOLINGS:
-        raise ValueError(
-            f"pooling must be one of {POOLINGS}, got {pooling!r}. 'avg'/'max' pool over "
-            "space (or tokens), 'avgmax' averages both, 'catavgmax' concatenates them, "
-            "'gem' is generalised mean (p=3), 'token' takes the first (class) token, "
-            "None flattens."
-        )
-
-
 def pool(features, pooling):
     """(N, C, H, W) maps or (N, L, D) tokens -> (N, d); (N, D) passes through.
 

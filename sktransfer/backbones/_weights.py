@@ -154,3 +154,18 @@ def timm_checkpoint(model_name, pretrained_cfg):
         f"to fill the Hugging Face cache ({cache}; set HF_HOME to move it), then copy "
         "that folder here. " + _NO_DOWNLOAD
     )
+
+
+def load_file_into(model, path):
+    """Load the state-dict file at ``path`` into ``model`` (every key must fit); returns ``str(path)``."""
+    state = load_state_dict_file(path)
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        raise ValueError(
+            f"The state dict in {str(path)!r} does not fit {type(model).__name__}: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+            f"keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Save it with "
+            "torch.save(model.state_dict(), path) from the same architecture."
+        )
+    return str(path)

@@ -15,8 +15,12 @@ import re
 
 import torch
 
+from ._backbone import Backbone
+from ._chain import ChainFamily, module_chain
+from ._hooks import record
+from ._layer_outputs import EMBEDDING  # noqa: F401 - layer_ of an uncut backbone
+
 AUTO = "auto"
-EMBEDDING = "embedding"
 AUTO_MIN_SIDE = 4
 
 
@@ -27,25 +31,20 @@ def stage_map_sides(backbone, image_size):
     """
     modules = dict(backbone.model.named_modules())
     names = backbone.stage_output_modules()
-    found = {}
+    taps = {i: modules[name] for i, name in enumerate(names) if name in modules}
+    final = []
 
-    def hook(index):
-        def record(_module, _inputs, output):
-            found[index] = _side(output)
+    def run():
+        with torch.no_grad():
+            final.append(_side(backbone.forward_features(torch.zeros(1, 3, image_size, image_size))))
 
-        return record
-
-    handles = [modules[name].register_forward_hook(hook(i)) for i, name in enumerate(names) if name in modules]
     was_training = backbone.training
     backbone.eval()
     try:
-        with torch.no_grad():
-            final = _side(backbone.forward_features(torch.zeros(1, 3, image_size, image_size)))
+        found = {i: _side(output) for i, output in record(run, taps)}
     finally:
-        for handle in handles:
-            handle.remove()
         backbone.train(was_training)
-    return [found.get(i) for i in range(len(names))], final
+    return [found.get(i) for i in range(len(names))], final[0]
 
 
 def _side(out):
@@ -88,14 +87,11 @@ def cut_backbone(backbone, stage, image_size=None):
     classifier are removed from the model.
 
     Needs a backbone whose ``forward_features`` is a chain of modules
-    (:func:`~sktransfer._prefix.module_chain`, verified on a probe), with the
+    (:func:`~sktransfer.backbones._chain.module_chain`, verified on a probe), with the
     stage's output module on that chain. The result has family ``"chain"``,
     keeps the parameter names of the stages it holds (L2-SP anchors, saved
     files and ``freeze_depth`` see the same names) and records ``cut_stage``.
     """
-    from ._backbones import Backbone
-    from ._prefix import module_chain
-
     size = image_size or backbone.preprocessing.image_size
     probe = torch.zeros(2, 3, size, size)
     chain = module_chain(backbone, probe)
@@ -120,7 +116,7 @@ def cut_backbone(backbone, stage, image_size=None):
     kept = {name for name, _ in model.named_parameters()}
     stages = [(label, [p for p in params if p in kept]) for label, params in backbone.stages[: stage + 1]]
     cut = Backbone(
-        model, name=backbone.name, family="chain", preprocessing=backbone.preprocessing,
+        model, name=backbone.name, family=ChainFamily.name, preprocessing=backbone.preprocessing,
         body=[name for name, _ in chain[: last + 1]], stages=stages, weights=backbone.weights,
     )
     cut.cut_stage = stage

@@ -22,7 +22,9 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-import torch
+
+from .._digest import array_digest
+from ._sources import ArraySource, SubsetSource, is_pil
 
 DEFAULT_MAX_BYTES = 1 << 30
 
@@ -97,33 +99,10 @@ def cache_info():
     return {"hits": _MEMORY.hits, "misses": _MEMORY.misses, "entries": len(_MEMORY.data), "bytes": _MEMORY.nbytes}
 
 
-def weights_digest(module):
-    """A digest of every tensor of ``module`` (names, shapes, values)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _array_key(array):
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.ascontiguousarray(array)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str((array.shape, array.dtype.str)).encode())
-    h.update(array.tobytes())
-    return h.hexdigest()
-
-
 def item_keys(source):
-    """One content key per image of an :class:`~sktransfer._inputs.ImageSource`."""
-    from ._inputs import ArraySource, _is_pil
-
+    """One content key per image of an :class:`~sktransfer.data._sources.ImageSource`."""
     if isinstance(source, ArraySource):
-        return [_array_key(source.data[i]) for i in range(len(source))]
+        return [array_digest(source.data[i]) for i in range(len(source))]
     keys = []
     for item in source.items:
         if isinstance(item, (str, os.PathLike)):
@@ -133,10 +112,10 @@ def item_keys(source):
                 keys.append(f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}")
             except OSError:
                 keys.append(None)  # missing: never cached, the decoder raises the clear error
-        elif _is_pil(item):
-            keys.append(_array_key(np.asarray(item)) + item.mode)
+        elif is_pil(item):
+            keys.append(array_digest(np.asarray(item)) + item.mode)
         else:
-            keys.append(_array_key(item))
+            keys.append(array_digest(item))
     return keys
 
 
@@ -163,22 +142,6 @@ class DiskCache:
         with open(tmp, "wb") as fh:
             np.save(fh, value, allow_pickle=False)
         os.replace(tmp, path)
-
-
-class SubsetSource:
-    """The images of ``source`` at ``indices`` (what the cache could not answer)."""
-
-    value_range = None
-
-    def __init__(self, source, indices):
-        self.source = source
-        self.indices = np.asarray(indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def batch(self, indices):
-        return self.source.batch(self.indices[indices])
 
 
 def cached_transform(source, setting, compute, max_bytes, folder=None):

@@ -68,7 +68,7 @@ class RandomAffine:
 
 
 def resolve_augment(augment):
-    """``augment`` parameter -> callable(images, generator) or None."""
+    """``augment`` parameter -> a callable ``f(batch) -> batch`` on normalised (N, 3, H, W) batches, or None."""
     if augment is True or (isinstance(augment, str) and augment == "default"):
         return RandomAffine()
     if isinstance(augment, str) and augment == "flip":

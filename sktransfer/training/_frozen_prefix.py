@@ -4,7 +4,7 @@ When the first ``k`` backbone stages are frozen and see no augmentation, their
 output for an image is the same in every epoch.  :func:`frozen_prefix` then
 computes it once and returns a network that starts from it:
 
-* all stages frozen: the pooled features (:class:`~sktransfer._network.HeadOnly`);
+* all stages frozen: the pooled features (:class:`HeadOnly`);
 * some stages frozen: the activation at the stage boundary, when the backbone
   decomposes into a chain of modules there (:func:`module_chain`, verified on a
   probe) and the activations fit in ``PREFIX_CACHE_BYTES``.
@@ -20,63 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._data import FeatureData, precompute
+from .._inference import precompute
+from ..backbones._chain import module_chain
+from ..backbones._pooling import pool
+from ..data._batches import to_device
 from ._freezing import train_mode
-from ._network import HeadOnly
-from ._pooling import pool
 
 PREFIX_CACHE_BYTES = 2 * 2**30
-
-
-def module_chain(backbone, probe):
-    """Modules whose composition, in order, is ``backbone.forward_features``.
-
-    The model's direct children called by ``forward_features`` are recorded in
-    call order, ``nn.Sequential`` containers are expanded into their children,
-    and the composition is checked against ``forward_features`` on ``probe``
-    (eval mode).  Returns a list of ``(name, module)`` or ``None`` when the
-    forward pass is not such a chain (functional steps between modules, a
-    module called twice, skip connections across children...).
-    """
-    model = backbone.model
-    if backbone.family == "chain":  # cut at a stage: the chain is its definition
-        return [(name, model.get_submodule(name)) for name in backbone.body]
-    order = []
-    handles = [
-        child.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
-        for name, child in model.named_children()
-    ]
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            expected = backbone.forward_features(probe)
-        if not order or len(set(order)) != len(order):
-            return None
-        chain = _expand([(name, model.get_submodule(name)) for name in order])
-        with torch.no_grad():
-            x = probe
-            for _, module in chain:
-                x = module(x)
-        if not (isinstance(x, torch.Tensor) and x.shape == expected.shape and torch.equal(x, expected)):
-            return None
-        return chain
-    except Exception:  # noqa: BLE001 - any failure means "not a chain"
-        return None
-    finally:
-        for handle in handles:
-            handle.remove()
-        backbone.train(was_training)
-
-
-def _expand(chain):
-    out = []
-    for name, module in chain:
-        if type(module).forward is nn.Sequential.forward and len(module):
-            out.extend(_expand([(f"{name}.{child}", m) for child, m in module.named_children()]))
-        else:
-            out.append((name, module))
-    return out
 
 
 def split_chain(chain, frozen):
@@ -156,3 +106,35 @@ def frozen_prefix(net, data, n_frozen, device, batch_size):
         return net, data
     features = precompute(prefix, net, data, device, batch_size)
     return SuffixNet(net, [m for _, m in chain[j:]]), FeatureData(features, device)
+
+
+class HeadOnly(nn.Module):
+    """The dropout and head of a :class:`TransferNet`, applied to precomputed features."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, features):
+        return self.net.head(self.net.dropout(features))
+
+    def train(self, mode=True):
+        # the backbone stays in eval mode: only dropout and the head train
+        self.net.dropout.train(mode)
+        self.net.head.train(mode)
+        self.training = mode
+        return self
+
+
+class FeatureData:
+    """Precomputed features (or activations) served in batches, like :class:`PreparedImages`."""
+
+    def __init__(self, features, device):
+        self.features = features
+        self.device = device
+
+    def __len__(self):
+        return len(self.features)
+
+    def batch(self, indices):
+        return to_device(self.features[torch.from_numpy(np.asarray(indices))], self.device)

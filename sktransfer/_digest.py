@@ -1,0 +1,43 @@
+"""One digest of tensors and arrays (embedding-cache keys, checkpoint names)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+
+def _update(h, tensor):
+    t = tensor.detach().to("cpu").contiguous().reshape(-1)
+    h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+    # raw bytes: any dtype (bf16 included, which numpy cannot hold)
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def state_digest(module):
+    """Hex digest of every tensor of ``module``'s state dict: names, shapes, dtypes, values."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        _update(h, tensor)
+    return h.hexdigest()
+
+
+def array_digest(array):
+    """Hex digest of a numpy array or tensor: shape, dtype and values."""
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(array, torch.Tensor) and array.dtype in (torch.bfloat16,):
+        _update(h, array)
+        return h.hexdigest()
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()  # same key as the equal numpy array
+    array = np.ascontiguousarray(array)
+    h.update(str((array.shape, array.dtype.str)).encode())
+    h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def setting_digest(*parts):
+    """Hex digest of the ``repr`` of ``parts`` (settings, other digests)."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()

@@ -1,0 +1,171 @@
+"""Text shared by several docstrings, and the documentation address."""
+
+DOCS_URL = "https://sktransfer.readthedocs.io/en/latest/api.html#{estimator_name}"
+
+# chosen from the learning curves of benchmarks/few_shot.py (docs/benchmarks.md)
+DEFAULT_MIN_STEPS = 100
+
+SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted estimator, default="efficientnet_lite0"
+        As for :class:`PretrainedFeatureExtractor`. A fitted
+        sktransfer estimator (or ``est.export_backbone()``, which survives
+        ``clone``) transfers a model trained on a source task.
+    weights : "DEFAULT", str, path or None, default="DEFAULT"
+        Pretrained weights; ``None`` trains from scratch.
+    freeze_depth : int or "all", default=0
+        Number of backbone stages, from the input, that stay frozen (no
+        gradient, BatchNorm in eval mode). ``0`` trains everything; ``"all"``
+        trains only the head (linear probe).
+    reg_lambda : float, default=0.0
+        Strength λ of the penalty ``λ/2 ||w - w_anchor||²`` on the backbone.
+    regularization : {"l2sp", "l2"}, default="l2sp"
+        Anchor of the penalty: the pretrained weights (L2-SP) or zero.
+    max_epochs : int, default=10
+        Fine-tuning epochs (after any linear-probe epochs).
+    batch_size : int, default=32
+    lr : float, default=2e-3
+        Peak learning rate of the new head (and, times ``backbone_lr_scale``,
+        of the backbone).
+    optimizer : {"adamw", "adam", "sgd"}, default="adamw"
+    lr_schedule : {"cosine", "constant", "linear", "onecycle"} or callable, default="cosine"
+        Per-step schedule (cosine and linear start with a 10 % linear
+        warm-up). A callable ``f(optimizer) -> scheduler`` is stepped per batch.
+    backbone_lr_scale : float or "auto", default="auto"
+        Backbone learning rate relative to ``lr`` (e.g. 0.1 for a gentler update
+        of the pretrained weights). ``"auto"``: 0.3 when the training set holds
+        fewer than 10 batches, else 1.0 (``backbone_lr_scale_`` tells which).
+        With few images a full-rate backbone drifts from features on which the
+        solved head was already good (photograph crops, 50 images at 64 px:
+        0.77 at 1.0, 0.84 at 0.3); images far from ImageNet (digits) lost
+        little at 0.3.
+    layer_decay : float or None, default=None
+        Layer-wise learning-rate decay: stage ``i`` of ``n`` gets an extra
+        factor ``layer_decay ** (n - 1 - i)``.
+    weight_decay : float, default=1e-4
+        Optimizer weight decay of the new head.
+    dropout : float, default=0.2 (classifier), 0.0 (regressor)
+        Dropout before the new head. The regressor's head starts as a ridge
+        regression solved without dropout, and dropout before a squared-error
+        head only adds noise to its predictions in training (with 2 epochs,
+        scikit-learn's ``check_regressors_train`` failed at 0.2 and passed at 0).
+    pooling : str or None, default="avg"
+        Pooling of the last feature map (see :class:`PretrainedFeatureExtractor`).
+    layer : "auto", None or "stageK", default="auto"
+        Where the backbone is cut: ``"stageK"`` keeps stages 0 ... K and
+        drops the rest (their weights are not trained, stored or run), ``None``
+        keeps the whole backbone. ``"auto"``: the whole backbone at its native
+        size; on small inputs, whose last maps shrink to 2x2 or 1x1 pixels, the
+        deepest stage whose map is still at least 4x4 (Lite0: ``"stage5"`` at
+        64 px, ``"stage3"`` at 32 px), which measured better there and runs
+        only the kept stages. ``layer_`` tells what was chosen; ``freeze_depth``
+        counts the stages that are kept.
+    head_init : {"solve", "random"}, default="solve"
+        ``"solve"``: before training, the new head is set to a linear model
+        solved on the frozen pretrained features of the training images
+        (L2-penalised logistic regression for the classifier, ridge for the
+        regressor, on standardised features), so that fine-tuning starts where
+        a linear probe ends and the backbone receives no random gradients.
+        ``"random"``: PyTorch's default initialisation.
+    min_steps : int, default=%(min_steps)s
+        Train for at least this many optimizer steps: ``max(max_epochs,
+        ceil(min_steps / steps per epoch))`` epochs. Few images make short
+        epochs (20 images at ``batch_size=32`` make one step); this gives them
+        a useful budget, and does nothing once ``max_epochs`` epochs are longer.
+        ``0``: exactly ``max_epochs`` epochs.
+    bn_stats : {"auto", "pretrained", "update"}, default="auto"
+        ``"pretrained"``: the backbone's BatchNorm layers normalise with their
+        pretrained running statistics in training as in prediction (their
+        scale and shift still train). ``"update"``: the trainable stages'
+        BatchNorm layers use batch statistics and update their running
+        averages (PyTorch's train mode; frozen stages never do). ``"auto"``:
+        ``"pretrained"`` when the training set holds fewer than 10 batches,
+        else ``"update"`` (``bn_stats_`` tells which). With few images the
+        running averages are estimated from few, noisy batches and pull the
+        features away from those the head was solved on; with many, adapting
+        them to the new images measured better.
+    augment : "default", "flip", bool or callable, default="default" (classifier), False (regressor)
+        Training-batch augmentation. ``"default"`` (or ``True``) is
+        :class:`RandomAffine` without flips: random resized crop (70-100 % of
+        the area, aspect 3/4-4/3) and a small shear (up to 8 degrees).
+        ``"flip"`` adds random horizontal flips, right for photographs but
+        not for digits, text or anything whose mirror image means something
+        else (hence not on by default). ``False`` turns augmentation off; a
+        callable ``f(batch) -> batch`` receives normalised (N, 3, H, W)
+        training batches. Never applied when predicting.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` (stratified), stop after
+        ``n_iter_no_change`` epochs without a lower validation loss, and
+        restore the best epoch's weights.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=3
+    linear_probe_epochs : int, default=0
+        Head-only epochs before unfreezing (LP-FT; Kumar et al., 2022).
+    fusion_alpha : float, default=1.0
+        After training the backbone becomes ``α θ_finetuned + (1-α) θ_pretrained``
+        (weight-space fusion, WiSE-FT; Wortsman et al., 2022). ``1.0`` keeps the
+        fine-tuned weights, ``0.0`` gives back the pretrained backbone.
+    image_size, input_shape, pixel_range, preprocessing
+        As for :class:`PretrainedFeatureExtractor`.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        ``"auto"``: CUDA with bf16 autocast and channels_last when present.
+    num_workers : "auto" or int, default="auto"
+        Worker processes decoding image files (see
+        :class:`PretrainedFeatureExtractor`).
+    checkpoint_dir : str, path or None, default=None
+        Folder where every finished epoch rewrites a checkpoint of the run
+        (safe format, see :meth:`save`): weights, optimizer moments, schedule
+        position, random generators and early-stopping state. A fit with
+        ``warm_start=True`` and the same parameters and data resumes an
+        unfinished run from it exactly where it stopped (a killed process, a
+        lost machine). Files are named by a digest of the parameters and the
+        data, so grid-search folds never mix.
+    random_state : int, RandomState or None, default=None
+        Seeds head initialisation, shuffling, dropout, augmentation and the
+        validation split: two CPU fits with the same seed predict identically.
+    verbose : int, default=0
+        ``>0``: a tqdm bar per epoch with the running loss.
+    warm_start : bool, default=False
+        ``fit`` continues from the fitted weights instead of reloading.
+
+""".replace("%(min_steps)s", str(DEFAULT_MIN_STEPS))
+
+
+TRANSFER_OBJECTIVE = """    **Transfer objective.** Training minimises, over the network weights θ,
+    ``L_T(θ) + reg_lambda / 2 * ||θ_backbone - θ_pretrained||²`` (L2-SP; Li,
+    Grandvalet & Davoine, 2018). The joint source/target objective
+    ``min L_S(θ) + λ L_T(θ)`` needs the source data; when it is absent, the
+    pretrained weights stand for the minimiser of ``L_S`` and a quadratic
+    approximation of ``L_S`` around them is exactly this pull toward
+    ``θ_pretrained`` (with ``reg_lambda`` playing the part of ``1/λ``: the larger
+    it is, the more the source task weighs). ``reg_lambda=0`` is plain
+    fine-tuning. ``regularization="l2"`` pulls toward zero instead (classic
+    weight decay). The penalty covers the trainable backbone weights only; the
+    optimizer applies no weight decay of its own to them, so nothing is
+    counted twice. The new head gets the optimizer's ``weight_decay``.
+
+"""
+
+FITTED_ATTRIBUTES = """    n_epochs_ : int
+        Epochs run in total.
+    best_epoch_ : int or None
+        Epoch (0-based, counted in ``history_``) whose weights were kept by
+        early stopping; ``None`` without early stopping.
+    n_frozen_stages_ : int
+    layer_ : str
+        Where the backbone was cut: ``"stageK"``, or ``"embedding"`` for the
+        whole backbone (see ``layer``).
+    bn_stats_ : {"pretrained", "update"}
+        The BatchNorm setting used in training (see ``bn_stats``).
+    backbone_lr_scale_ : float
+        The backbone learning-rate scale used in training (see ``backbone_lr_scale``).
+    pixel_range_ : tuple of float
+    n_features_in_ : int
+        Only when ``X`` is a 2-D table.
+
+"""
+
+
+def fill_docstring(doc):
+    """An estimator docstring with the shared blocks filled in."""
+    return (doc.replace("%(shared_parameters)s", SHARED_PARAMETERS)
+            .replace("%(transfer_objective)s", TRANSFER_OBJECTIVE)
+            .replace("%(fitted_attributes)s", FITTED_ATTRIBUTES))

@@ -1,0 +1,100 @@
+"""The one path that runs a network without gradients: transform, predict, validation, precompute.
+
+Every batch goes through :func:`run_batches`: no autograd, autocast on CUDA,
+the batch-size invariance of :func:`batch_invariant`, and batches halved when
+the device runs out of memory (:class:`~sktransfer._device.HalvingOnOOM`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._device import HalvingOnOOM, autocast, module_device
+from .data._batches import pinned, prepared_batches
+
+
+def batch_invariant(fn, x):
+    """``fn(x)``, with a batch of one image run as a batch of two.
+
+    CPU kernels pick another algorithm for a single image; its results differ
+    from the batched ones in the 6th digit. Doubling a lone image keeps every
+    sample's output independent of how the data was split into batches.
+    """
+    if x.shape[0] != 1:
+        return fn(x)
+    return fn(torch.cat([x, x]))[:1]
+
+
+def run_batches(fn, batches, device, emit, trainable_outputs=False):
+    """Call ``emit(start, stop, out)`` with ``fn``'s float32 CPU output for each
+    ``(start, stop, x)`` of ``batches``, in order.
+
+    ``trainable_outputs=True`` runs under ``no_grad`` instead of
+    ``inference_mode``: the outputs then feed layers that train (a precomputed
+    frozen prefix), which inference tensors cannot.
+    """
+    run = HalvingOnOOM(lambda b: batch_invariant(fn, b))
+    mode = torch.no_grad() if trainable_outputs else torch.inference_mode()
+    with mode, autocast(device):
+        for start, stop, x in batches:
+            emit(start, stop, run(x).float().cpu())
+
+
+def _indexed_batches(data, indices, batch_size):
+    for start in range(0, len(indices), batch_size):
+        stop = min(start + batch_size, len(indices))
+        yield start, stop, data.batch(indices[start:stop])
+
+
+def forward_batches(fn, source, spec, device, batch_size, channels_last, num_workers, emit):
+    """:func:`run_batches` over the prepared batches of an image source, in order."""
+    batches = prepared_batches(source, spec, batch_size, device, channels_last, num_workers)
+    run_batches(fn, batches, device, emit)
+
+
+def extract(fn, source, spec, device, batch_size, channels_last=True, progress=None, num_workers=0):
+    """``fn``'s 2-D output for every image of ``source`` as a float32 numpy array."""
+    out = None
+
+    def emit(start, stop, feats):
+        nonlocal out
+        if out is None:
+            out = np.empty((len(source), feats.shape[1]), dtype=np.float32)
+        out[start:stop] = feats.numpy()
+        if progress is not None:
+            progress.update(stop - start)
+
+    forward_batches(fn, source, spec, device, batch_size, channels_last, num_workers, emit)
+    return out
+
+
+def predict_images(net, source, spec, device, batch_size, num_workers=0):
+    """``net``'s outputs (eval mode, moved to ``device`` if needed) for every image of ``source``."""
+    if module_device(net) != device:
+        net.to(device)
+    net.eval()
+    outs = []
+    forward_batches(net, source, spec, device, batch_size, device.type == "cuda", num_workers,
+                    lambda start, stop, out: outs.append(out))
+    return torch.cat(outs)
+
+
+def predict_logits(net, data, indices, device, batch_size):
+    """``net``'s outputs (eval mode) for the prepared images at ``indices`` (validation scores)."""
+    net.eval()
+    outs = []
+    run_batches(net, _indexed_batches(data, np.asarray(indices), batch_size), device,
+                lambda start, stop, out: outs.append(out))
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def precompute(fn, net, data, device, batch_size, indices=None):
+    """``fn`` applied once to every prepared image (or those at ``indices``),
+    ``net`` in eval mode, kept on the CPU (pinned for a GPU)."""
+    net.eval()
+    outs = []
+    indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+    run_batches(fn, _indexed_batches(data, indices, batch_size), device,
+                lambda start, stop, out: outs.append(out), trainable_outputs=True)
+    return pinned(torch.cat(outs), device)

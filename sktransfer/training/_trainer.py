@@ -1,0 +1,274 @@
+"""The training loop: phases of epochs over a network, with loss terms, early stopping and checkpoints.
+
+A :class:`Trainer` owns one fit's loop. The estimator hands it the network,
+the prepared data, the encoded targets and weights, the task loss and score,
+and the settings (:class:`TrainSettings`); the trainer runs the phases
+(linear probe, fine-tuning), builds each phase's optimizer and schedule,
+adds the loss terms, keeps the best epoch when a validation set is given,
+and reports each epoch to the estimator's history and checkpoint callback.
+
+A loss term is any callable ``term(step) -> scalar tensor or None`` with a
+``value()`` for the history; :class:`LossTerm` factories build one per phase,
+once the trainable parameters are known (the L2-SP pull toward the pretrained
+weights is one). Further objectives plug in the same way.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+from .._device import autocast
+from .._inference import predict_logits
+from .._progress import progress_bar
+from ..data._batches import batch_indices
+from ._freezing import freeze, train_mode
+from ._frozen_prefix import frozen_prefix
+from ._optim import current_lr, make_optimizer, make_scheduler
+
+
+@dataclass
+class Phase:
+    """``epochs`` epochs with the first ``n_frozen`` backbone stages frozen."""
+
+    name: str
+    n_frozen: int
+    epochs: int
+
+
+@dataclass
+class Step:
+    """What a loss term may look at in one optimizer step."""
+
+    net: torch.nn.Module
+    x: torch.Tensor
+    output: torch.Tensor
+    indices: np.ndarray
+
+
+@dataclass
+class TrainSettings:
+    """The estimator parameters the loop reads."""
+
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    backbone_lr_scale: float = 1.0
+    layer_decay: float | None = None
+    lr_schedule: object = "cosine"
+    batch_size: int = 32
+    augment: object = None
+    bn_stats: str = "update"
+    n_iter_no_change: int = 3
+    verbose: int = 0
+    loss_terms: list = field(default_factory=list)
+
+
+class Trainer:
+    """Runs the epochs of one fit (or one ``partial_fit`` call).
+
+    Parameters
+    ----------
+    net : TransferNet
+    data : PreparedImages
+        Prepared images, served in batches by index.
+    y, w : ndarray
+        Encoded targets and sample weights, indexed like ``data``.
+    loss, score : callable
+        ``loss(output, target, weight) -> tensor`` and ``score(...) -> tensor``.
+    settings : TrainSettings
+    device : torch.device
+    rng : numpy.random.RandomState
+        Shuffling; its state is part of a checkpoint.
+    history : list
+        The estimator's ``history_``: one dict per epoch is appended.
+    """
+
+    def __init__(self, net, data, y, w, loss, score, settings, device, rng, history):
+        self.net = net
+        self.data = data
+        self.y = y
+        self.w = w
+        self.loss = loss
+        self.score = score
+        self.settings = settings
+        self.device = device
+        self.rng = rng
+        self.history = history
+        self.best = None  # (epoch, state dict on the CPU, validation loss)
+
+    # ------------------------------------------------------------ building
+    def optimizer(self):
+        s = self.settings
+        return make_optimizer(self.net, s.optimizer, s.lr, s.weight_decay, s.backbone_lr_scale, s.layer_decay)
+
+    def freeze(self, n_frozen):
+        """Freeze the first ``n_frozen`` backbone stages (BatchNorm statistics as the settings say)."""
+        freeze(self.net, n_frozen, self.settings.bn_stats)
+
+    def loss_terms(self):
+        """This phase's loss terms (built after freezing: they see the trainable parameters)."""
+        return [make(self.net) for make in self.settings.loss_terms]
+
+    # ------------------------------------------------------------- running
+    def fit(self, phases, train_idx, valid_idx=None, resume=None, on_epoch=None):
+        """Run ``phases``; returns True when they ran to the end (False: interrupted).
+
+        ``resume`` (a checkpoint) skips the phases and epochs already done and
+        restores the optimizer, schedule and generators. ``on_epoch(phase=,
+        epochs_done=, optimizer=, scheduler=, no_improve=)`` is called after
+        every epoch. At the end the best epoch's weights are restored when a
+        validation set was given.
+        """
+        s = self.settings
+        steps = max(1, -(-len(train_idx) // s.batch_size))
+        self.best = None if resume is None else resume.best()
+        finished = False
+        try:
+            for index, phase in enumerate(phases):
+                if resume is not None and index < resume.phase:
+                    continue
+                resuming = resume is not None and index == resume.phase
+                done, no_improve = (resume.epochs_done, resume.no_improve) if resuming else (0, 0)
+                self.freeze(phase.n_frozen)
+                optimizer = self.optimizer()
+                scheduler = make_scheduler(optimizer, s.lr_schedule, phase.epochs * steps)
+                if resuming:
+                    resume.restore_training(optimizer, scheduler, self.rng, self.device)
+                callback = None
+                if on_epoch is not None:
+                    def callback(count, no_improve, index=index, done=done, optimizer=optimizer,
+                                 scheduler=scheduler):
+                        on_epoch(phase=index, epochs_done=done + count, optimizer=optimizer,
+                                 scheduler=scheduler, no_improve=no_improve)
+                run_net, run_data = self.net, self.data
+                if s.augment is None:
+                    # the frozen stages see no augmentation: their output is computed once
+                    run_net, run_data = frozen_prefix(self.net, self.data, phase.n_frozen, self.device, s.batch_size)
+                stopped = self.run_epochs(
+                    optimizer, scheduler, self.loss_terms(), phase.epochs - done, phase.name, train_idx,
+                    valid_idx, net=run_net, data=run_data, no_improve=no_improve, on_epoch=callback,
+                )
+                if stopped:
+                    break
+            finished = True
+        except KeyboardInterrupt:
+            warnings.warn(
+                "fit was interrupted (KeyboardInterrupt); the estimator keeps the "
+                + ("best weights so far." if self.best is not None else "weights of the last step."),
+                RuntimeWarning, stacklevel=4,
+            )
+        return finished
+
+    def restore_best(self):
+        """Load the best epoch's weights; returns its index (``None`` without validation)."""
+        if self.best is None:
+            return None
+        epoch, state, _ = self.best
+        self.net.load_state_dict(state)
+        self.best = None
+        return epoch
+
+    def run_epochs(self, optimizer, scheduler, terms, epochs, phase, train_idx, valid_idx=None,
+                   net=None, data=None, no_improve=0, on_epoch=None):
+        """Run ``epochs`` epochs; returns True when early stopping ended them.
+
+        ``net``/``data`` default to the whole network on the prepared images
+        (a frozen prefix passes a shorter network on precomputed activations).
+        ``on_epoch(count, no_improve)`` is called after each epoch.
+        """
+        s = self.settings
+        net = self.net if net is None else net
+        data = self.data if data is None else data
+        for count in range(1, epochs + 1):
+            epoch = len(self.history)
+            start = time.perf_counter()
+            with progress_bar(s.verbose, len(train_idx), f"epoch {epoch + 1} ({phase})", unit="img") as bar:
+                lr = current_lr(optimizer)
+                train_loss = self._epoch(net, data, train_idx, optimizer, scheduler, terms, bar)
+                valid_loss = valid_score = None
+                if valid_idx is not None:
+                    valid_loss, valid_score = self.evaluate(net, data, valid_idx)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{train_loss:.4f}", valid_loss=f"{valid_loss:.4f}",
+                                        valid_score=f"{valid_score:.4f}")
+            self.history.append({
+                "epoch": epoch, "phase": phase, "train_loss": train_loss, "valid_loss": valid_loss,
+                "valid_score": valid_score, "lr": lr, "penalty": sum(term.value() for term in terms),
+                "seconds": time.perf_counter() - start,
+            })
+            if valid_idx is not None:
+                if self.best is None or valid_loss < self.best[2]:
+                    state = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
+                    self.best = (epoch, state, valid_loss)
+                    no_improve = 0
+                else:
+                    no_improve += 1
+            if on_epoch is not None:
+                on_epoch(count, no_improve)
+            if valid_idx is not None and no_improve >= s.n_iter_no_change:
+                return True
+        return False
+
+    def _epoch(self, net, data, train_idx, optimizer, scheduler, terms, bar=None):
+        """One pass over ``train_idx``; returns the mean training loss (loss terms excluded)."""
+        s = self.settings
+        train_mode(net)
+        total, count = 0.0, 0.0
+        for batch in batch_indices(len(train_idx), s.batch_size, self.rng):
+            idx = train_idx[batch]
+            x = data.batch(idx)
+            if s.augment is not None:
+                x = s.augment(x)
+            target = torch.as_tensor(self.y[idx], device=self.device)
+            weight = torch.as_tensor(self.w[idx], device=self.device, dtype=torch.float32)
+            with autocast(self.device):
+                output = net(x)
+            loss = self.loss(output, target, weight)
+            objective = loss
+            step = Step(net, x, output, idx)
+            for term in terms:
+                extra = term(step)
+                if extra is not None:
+                    objective = objective + extra
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += float(loss.detach()) * float(weight.sum())
+            count += float(weight.sum())
+            if bar is not None:
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
+        return total / max(count, 1e-12)
+
+    def evaluate(self, net, data, indices):
+        """Weighted loss and score (accuracy, R², ...) on ``indices``."""
+        output = predict_logits(net, data, indices, self.device, self.settings.batch_size)
+        target = torch.as_tensor(self.y[indices])
+        weight = torch.as_tensor(self.w[indices], dtype=torch.float32)
+        return float(self.loss(output, target, weight)), float(self.score(output, target, weight))
+
+
+def holdout_split(n, labels, fraction, rng):
+    """``(train_idx, valid_idx)``: a validation share of ``n`` samples for early stopping,
+    stratified by ``labels`` when every class can appear on both sides."""
+    n_valid = max(1, int(round(fraction * n)))
+    if n - n_valid < 2:
+        raise ValueError(
+            f"early_stopping with validation_fraction={fraction} leaves {n - n_valid} training "
+            "samples; pass more data or early_stopping=False."
+        )
+    stratify = False
+    if labels is not None:
+        counts = np.bincount(labels)
+        stratify = counts.min() >= 2 and n_valid >= len(counts)
+    splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(n_splits=1, test_size=n_valid, random_state=rng)
+    train_idx, valid_idx = next(splitter.split(np.zeros(n), labels if stratify else None))
+    return np.sort(train_idx), np.sort(valid_idx)

@@ -1,0 +1,84 @@
+"""The Trainer on its own: a loss term plugs into the loop without the estimator."""
+
+import numpy as np
+import torch
+
+from sktransfer import load_backbone
+from sktransfer.training._network import TransferNet
+from sktransfer.training._objectives import classification_loss, classification_score
+from sktransfer.training._trainer import Phase, Trainer, TrainSettings
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class _HeadNorm:
+    """A loss term: strength * ||head weight||², and what it saw of each step."""
+
+    def __init__(self, net, strength):
+        self.net = net
+        self.strength = strength
+        self.steps = []
+
+    def __call__(self, step):
+        self.steps.append((step.x.shape[0], step.output.shape, tuple(step.indices)))
+        return self.strength * self.net.head.weight.pow(2).sum()
+
+    def value(self):
+        return float(self.strength * self.net.head.weight.detach().pow(2).sum())
+
+
+class _Data:
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def batch(self, indices):
+        return self.x[torch.as_tensor(np.asarray(indices))]
+
+
+def _train(strength, terms_seen):
+    torch.manual_seed(0)
+    net = TransferNet(load_backbone(_Tiny()), 8, 2, pooling="avg")
+    x = torch.randn(12, 3, 10, 10)
+    y = np.array([0, 1] * 6)
+    w = np.ones(12, dtype=np.float32)
+
+    def make(net):
+        term = _HeadNorm(net, strength)
+        terms_seen.append(term)
+        return term
+
+    def loss(out, target, weight):
+        return classification_loss(out, target, weight, [2], np.ones(1))
+
+    def score(out, target, weight):
+        return classification_score(out, target, weight, [2])
+
+    settings = TrainSettings(lr=0.05, batch_size=4, lr_schedule="constant", loss_terms=[make])
+    history = []
+    trainer = Trainer(net, _Data(x), y, w, loss, score, settings, torch.device("cpu"), np.random.RandomState(0), history)
+    assert trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    return net, history
+
+
+def test_a_loss_term_changes_training_and_is_recorded():
+    seen_plain, seen_pulled = [], []
+    plain, plain_history = _train(0.0, seen_plain)
+    pulled, history = _train(5.0, seen_pulled)
+    # the term took part in every optimizer step: 3 epochs x 3 batches of 4
+    term = seen_pulled[0]
+    assert len(term.steps) == 9 and all(n == 4 and shape == (4, 2) for n, shape, _ in term.steps)
+    assert sorted(i for _, _, idx in term.steps[:3] for i in idx) == list(range(12))
+    # it pulled the head's weights toward zero, and the history records its value
+    assert pulled.head.weight.norm() < 0.5 * plain.head.weight.norm()
+    assert history[-1]["penalty"] == term.value() > 0
+    assert plain_history[-1]["penalty"] == 0.0
