@@ -160,7 +160,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         "layer": [str, list, tuple, None],
         "pooling": [StrOptions({p for p in POOLINGS if p is not None}), None],
         "image_size": [Number(Integral, 1, None, closed="left"), None],
-        "input_shape": [tuple, list, None],
+        "input_shape": [tuple, list, np.ndarray, None],
         "pixel_range": [StrOptions({"auto"}), PixelRange()],
         "preprocessing": [dict, Preprocessing, None],
         "batch_size": [Number(Integral, 1, None, closed="left")],

@@ -75,6 +75,8 @@ def predict_images(net, source, spec, device, batch_size, num_workers=0):
         net.to(device)
     net.eval()
     outs = []
+    # channels_last only on CUDA: on the CPU its kernels made predictions depend on the batch size
+    # (~1e-6, scikit-learn's check_methods_subset_invariance)
     forward_batches(net, source, spec, device, batch_size, device.type == "cuda", num_workers,
                     lambda start, stop, out: outs.append(out))
     return torch.cat(outs)

@@ -113,7 +113,7 @@ def save_estimator(estimator, path, extra=None, extra_tensors=None):
     stored under ``"extra."``) carry a training checkpoint's state.
     """
     name = type(estimator).__name__
-    if _CLASSES.get(name) is not type(estimator):
+    if name not in _CLASSES:
         raise TypeError(f"save() supports {sorted(_CLASSES)}, not {name}.")
     params = set(estimator.get_params(deep=False))
     state = estimator.__getstate__()
@@ -278,14 +278,17 @@ def load(path):
 class SaveMixin:
     """``save(path)`` and ``load(path)`` for sktransfer estimators.
 
-    Every subclass is registered by its class name, which is what files store;
-    ``register=False`` in the class statement leaves an abstract base out.
+    sktransfer's estimator classes register themselves by class name, which is
+    what files store (``register=False`` in the class statement leaves an
+    abstract base out; ``register=True`` adds a class defined elsewhere).
     """
 
-    def __init_subclass__(cls, register=True, **kwargs):
+    def __init_subclass__(cls, register=None, **kwargs):
         super().__init_subclass__(**kwargs)
-        if register:
-            _CLASSES.setdefault(cls.__name__, cls)
+        # sktransfer's estimators register; a class defined again (a reloaded module) replaces
+        # its earlier definition
+        if register if register is not None else cls.__module__.startswith("sktransfer."):
+            _CLASSES[cls.__name__] = cls
 
     def save(self, path):
         """Store this estimator as one safetensors file (weights) with JSON metadata.

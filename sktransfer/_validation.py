@@ -69,12 +69,17 @@ class PixelRange(_Custom):
 
 
 class Device(_Custom):
-    """A torch device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``."""
+    """A torch device: a string ``torch.device`` accepts (``"cpu"``, ``"cuda"``, ``"cuda:N"``...),
+    a ``torch.device``, or ``None`` (as ``"auto"``)."""
 
     def is_satisfied_by(self, val):
-        if isinstance(val, torch.device):
+        if val is None or isinstance(val, torch.device):
             return True
-        return isinstance(val, str) and re.fullmatch(r"cpu|cuda(:\d+)?|mps", val) is not None
+        try:
+            torch.device(val)
+        except (RuntimeError, TypeError, ValueError):
+            return False
+        return isinstance(val, str)
 
     def __str__(self):
-        return "'cpu', 'cuda', 'cuda:N' or a torch.device"
+        return "'cpu', 'cuda', 'cuda:N', a torch.device or None"

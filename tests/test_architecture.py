@@ -186,3 +186,16 @@ def test_a_family_is_one_registered_adapter():
 
 def test_every_built_in_family_is_registered():
     assert {"timm", "torchvision", "tv_vit", "prelogits", "module", "chain"} <= {f.name for f in families()}
+
+
+def test_one_digest_for_cache_keys_and_checkpoint_names():
+    """Shapes and dtypes count, and bf16 weights (which numpy cannot hold) digest too."""
+    from sktransfer._digest import state_digest
+    from sktransfer.training._checkpoint import _describe
+
+    wide, tall = torch.nn.Linear(4, 2, bias=False), torch.nn.Linear(2, 4, bias=False)
+    with torch.no_grad():
+        tall.weight.copy_(wide.weight.reshape(4, 2))  # the same bytes, another shape
+    assert state_digest(wide) != state_digest(tall)
+    half = torch.nn.Linear(4, 2).to(torch.bfloat16)
+    assert _describe(half) == state_digest(half) != state_digest(torch.nn.Linear(4, 2).to(torch.bfloat16))

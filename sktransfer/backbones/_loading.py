@@ -22,7 +22,7 @@ import os
 from torch import nn
 
 from ..data._preprocessing import Preprocessing
-from . import _chain, _torchvision  # noqa: F401 - registers the "chain" and torchvision families
+from . import _chain, _timm, _torchvision  # noqa: F401 - registers these families, in this order
 from ._backbone import Backbone
 from ._fast_layers import use_fast_layers
 from ._module import from_module
@@ -62,7 +62,7 @@ def load_backbone(backbone=DEFAULT_BACKBONE, weights="DEFAULT", preprocessing=No
     >>> from sktransfer import load_backbone
     >>> backbone = load_backbone("efficientnet_lite0")
     >>> backbone.preprocessing.image_size, len(backbone.stages)
-    (224, 9)
+    (224, 8)
     """
     _check_weights_arg(weights)
     if isinstance(preprocessing, Preprocessing):

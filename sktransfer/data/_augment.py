@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,6 +70,8 @@ class RandomAffine:
 
 def resolve_augment(augment):
     """``augment`` parameter -> a callable ``f(batch) -> batch`` on normalised (N, 3, H, W) batches, or None."""
+    if isinstance(augment, (bool, np.bool_)):
+        augment = bool(augment)
     if augment is True or (isinstance(augment, str) and augment == "default"):
         return RandomAffine()
     if isinstance(augment, str) and augment == "flip":

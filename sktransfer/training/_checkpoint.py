@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 import torch
 
+from .._digest import state_digest
 from .._persistence import read_file, save_estimator
 from ..data._cache import item_keys
 
@@ -32,11 +33,7 @@ def _describe(value):
     if callable(value) and hasattr(value, "__qualname__"):
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
     if isinstance(value, torch.nn.Module):
-        h = hashlib.blake2b(digest_size=16)
-        for key, tensor in value.state_dict().items():
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        return state_digest(value)
     return repr(value)
 
 

@@ -8,9 +8,10 @@ adds the loss terms, keeps the best epoch when a validation set is given,
 and reports each epoch to the estimator's history and checkpoint callback.
 
 A loss term is any callable ``term(step) -> scalar tensor or None`` with a
-``value()`` for the history; :class:`LossTerm` factories build one per phase,
-once the trainable parameters are known (the L2-SP pull toward the pretrained
-weights is one). Further objectives plug in the same way.
+``value()`` for the history. The settings hold factories ``make(net) -> term``,
+called at the start of each phase, once the trainable parameters are known
+(the L2-SP pull toward the pretrained weights is one). Further objectives plug
+in the same way.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ class Phase:
 
 @dataclass
 class Step:
-    """What a loss term may look at in one optimizer step."""
+    """What a loss term may look at in one optimizer step.
+
+    ``net`` and ``x`` are what the step runs: the whole network on prepared
+    images, or, when frozen stages are computed once, the trainable rest of it
+    on their precomputed output (``training/_frozen_prefix.py``).
+    """
 
     net: torch.nn.Module
     x: torch.Tensor
@@ -122,8 +128,8 @@ class Trainer:
         ``resume`` (a checkpoint) skips the phases and epochs already done and
         restores the optimizer, schedule and generators. ``on_epoch(phase=,
         epochs_done=, optimizer=, scheduler=, no_improve=)`` is called after
-        every epoch. At the end the best epoch's weights are restored when a
-        validation set was given.
+        every epoch. With a validation set, ``best`` keeps the best epoch's
+        weights; :meth:`restore_best` loads them.
         """
         s = self.settings
         steps = max(1, -(-len(train_idx) // s.batch_size))
@@ -199,7 +205,7 @@ class Trainer:
                                         valid_score=f"{valid_score:.4f}")
             self.history.append({
                 "epoch": epoch, "phase": phase, "train_loss": train_loss, "valid_loss": valid_loss,
-                "valid_score": valid_score, "lr": lr, "penalty": sum(term.value() for term in terms),
+                "valid_score": valid_score, "lr": lr, "penalty": float(sum(term.value() for term in terms)),
                 "seconds": time.perf_counter() - start,
             })
             if valid_idx is not None:
