@@ -7,9 +7,6 @@ import torch
 # The suite must pass offline with an empty torch cache and few cores.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest -n N: the workers share the cores instead of each taking them all
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 @pytest.fixture(scope="session")
