@@ -154,7 +154,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         return w.astype(np.float32)
 
     def _training_inputs(self, X, y, sample_weight, first, learn):
-        """What ``fit`` and ``partial_fit`` start with: ``(source, y_enc, w)``.
+        """What ``fit`` and ``partial_fit`` start with: ``(source, y, y_enc, w)``, ``y`` checked.
 
         ``first``: this call learns the targets (``learn(y)`` returns them
         encoded) and the pixel range; otherwise they are encoded as learned.
@@ -174,13 +174,13 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
             y_enc = self._encode(y)
         self._task_weights(self.n_outputs_)
         source.pixel_range = self.pixel_range_
-        return source, y_enc, self._sample_weights(y, sample_weight, len(source))
+        return source, y, y_enc, self._sample_weights(y, sample_weight, len(source))
 
     # ---------------------------------------------------------------- fitting
     def _fit(self, X, y, sample_weight):
         """Fine-tune on ``(X, y)`` (see the subclasses' ``fit``)."""
         continuing = self.warm_start and hasattr(self, "net_")
-        source, y_enc, w = self._training_inputs(X, y, sample_weight, not continuing, self._learn_targets)
+        source, y, y_enc, w = self._training_inputs(X, y, sample_weight, not continuing, self._learn_targets)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
@@ -217,7 +217,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
             learn(y)
             return self._encode(y)
 
-        source, y_enc, w = self._training_inputs(X, y, sample_weight, first, learn_and_encode)
+        source, _, y_enc, w = self._training_inputs(X, y, sample_weight, first, learn_and_encode)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max)) + len(self.history_)
         rng = np.random.RandomState(seed)

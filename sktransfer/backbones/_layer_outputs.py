@@ -67,13 +67,20 @@ def forward_layers(backbone, x, plan, pooling):
     modules = dict(backbone.model.named_modules())
     taps = {label: modules[module] for label, module in plan if module is not None}
     captured = {}
-    if LOGITS in labels:
-        captured[LOGITS] = backbone(x)
-    if EMBEDDING in labels:
-        captured[EMBEDDING] = backbone.forward_features(x)
-    if taps:
-        # the forward pass stops once every tapped module has run
-        captured.update(record(lambda: backbone(x), taps, stop_when_done=True))
+
+    def whole_outputs():
+        if LOGITS in labels:
+            captured[LOGITS] = backbone(x)
+        if EMBEDDING in labels:
+            captured[EMBEDDING] = backbone.forward_features(x)
+
+    # the taps record during the passes the logits and embedding need anyway
+    seen = dict(record(whole_outputs, taps))
+    missing = {label: module for label, module in taps.items() if label not in seen}
+    if missing:
+        # one more pass, which stops once every remaining tapped module has run
+        seen.update(record(lambda: backbone(x), missing, stop_when_done=True))
+    captured.update(seen)
     return torch.cat([pool(captured[label], pooling) for label in labels], dim=1)
 
 
