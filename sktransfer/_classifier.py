@@ -7,16 +7,19 @@ from numbers import Real
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.metrics import accuracy_score
 from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
+from ._domain import ADAPTATION_CONSTRAINTS
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
 from ._targets import (
     check_class_counts,
     check_same_classes,
     encode_labels,
     label_columns,
+    missing_mask,
     partial_fit_classes,
     with_class_weight,
 )
@@ -41,23 +44,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
 
 %(transfer_objective)s    Parameters
     ----------
-%(shared_parameters)s    label_smoothing : float, default=0.0
-        Cross-entropy label smoothing.
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes (single-task ``y`` only), multiplied into
-        ``sample_weight``.
-    task_weights : array-like of shape (n_tasks,) or None, default=None
-        Multi-task ``y`` only: the loss is ``sum_t task_weights[t] * L_t``,
-        ``L_t`` being task ``t``'s mean cross-entropy over the samples labelled
-        for it. A sample may lack a label for a task: mark it with
-        ``missing_label`` and that task's loss skips it. With a source task and
-        a target task, ``task_weights=[1, lam]`` minimises ``L_S + lam * L_T``
-        literally. ``None``: all ones.
-    missing_label : scalar or None, default=None
-        Marks a missing label in multi-task ``y``. ``None``: ``None`` and NaN
-        entries are missing (use an object or float array); set e.g. ``-1`` for
-        integer labels. Single-task ``y`` cannot have missing labels.
-
+%(shared_parameters)s%(classifier_parameters)s
     Attributes
     ----------
     classes_ : ndarray or list of ndarray
@@ -93,7 +80,10 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         "label_smoothing": [Number(Real, 0, 1, closed="left")],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "missing_label": "no_validation",  # any label value
+        **ADAPTATION_CONSTRAINTS,
     }
+    # skada's convention, routed by scikit-learn's metadata routing without a set_fit_request call
+    __metadata_request__fit = {"sample_domain": True}
 
     def __init__(
         self,
@@ -114,6 +104,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         pooling="avg",
         layer="auto",
         head_init="solve",
+        head_hidden=None,
         min_steps=DEFAULT_MIN_STEPS,
         bn_stats="auto",
         augment="default",
@@ -136,13 +127,15 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         label_smoothing=0.0,
         class_weight=None,
         missing_label=None,
+        adaptation=None,
+        adaptation_weight=1.0,
     ):
         super().__init__(
             backbone=backbone, weights=weights, freeze_depth=freeze_depth, reg_lambda=reg_lambda,
             regularization=regularization, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
             optimizer=optimizer, lr_schedule=lr_schedule, backbone_lr_scale=backbone_lr_scale,
             layer_decay=layer_decay, weight_decay=weight_decay, dropout=dropout, pooling=pooling,
-            layer=layer, head_init=head_init, min_steps=min_steps, bn_stats=bn_stats,
+            layer=layer, head_init=head_init, head_hidden=head_hidden, min_steps=min_steps, bn_stats=bn_stats,
             augment=augment, early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, linear_probe_epochs=linear_probe_epochs,
             fusion_alpha=fusion_alpha, task_weights=task_weights, image_size=image_size,
@@ -153,6 +146,8 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         self.label_smoothing = label_smoothing
         self.class_weight = class_weight
         self.missing_label = missing_label
+        self.adaptation = adaptation
+        self.adaptation_weight = adaptation_weight
 
     # ------------------------------------------------------------ target hooks
     def _set_classes(self, classes_per_task, n_tasks):
@@ -172,7 +167,8 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         return encode_labels(y, self._classes_list(), self.missing_label)
 
     def _sample_weights(self, y, sample_weight, n):
-        return with_class_weight(super()._sample_weights(y, sample_weight, n), y, self.class_weight, self.n_outputs_)
+        return with_class_weight(super()._sample_weights(y, sample_weight, n), y, self.class_weight, self.n_outputs_,
+                                 self.missing_label)
 
     def _n_head_outputs(self):
         return sum(len(c) for c in self._classes_list())
@@ -196,7 +192,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
 
     # ---------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, sample_domain=None):
         """Fine-tune on images ``X`` with labels ``y``.
 
         Parameters
@@ -207,12 +203,16 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
             Class labels of any type; one column per task for multi-task
             training (missing labels marked by ``missing_label``).
         sample_weight : array-like of shape (n_samples,), default=None
+        sample_domain : array-like of int of shape (n_samples,), default=None
+            Domain ids (skada's convention): positive for labelled source
+            rows, negative for target rows, whose labels are not used (they
+            are unlabelled, the target of ``adaptation``).
 
         Returns
         -------
         self : FineTuneClassifier
         """
-        return self._fit(X, y, sample_weight)
+        return self._fit(X, y, sample_weight, sample_domain)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -299,8 +299,8 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         return np.column_stack(labels)
 
     def score(self, X, y, sample_weight=None):
-        """Mean accuracy; with several tasks, the mean over tasks of each task's
-        accuracy on the samples labelled for it.
+        """Mean accuracy on the labelled rows (``missing_label`` rows are not
+        scored); with several tasks, the mean over tasks of each task's accuracy.
 
         Parameters
         ----------
@@ -313,11 +313,14 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         score : float
         """
         check_is_fitted(self, "net_")
-        if _single_task(self):
-            return super().score(X, y, sample_weight)
+        if _single_task(self):  # labels never seen in fit count as wrong
+            y = np.asarray(y)
+            known = ~missing_mask(y, self.missing_label) if self.missing_label is not None else slice(None)
+            w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[known]
+            return float(accuracy_score(y[known], self.predict(X)[known], sample_weight=w))
         y = self._check_y(y, len(y))
         target = torch.as_tensor(self._encode(y))
-        weight = torch.as_tensor(self._sample_weights(y, sample_weight, len(y)))
+        weight = torch.as_tensor(BaseFineTune._sample_weights(self, y, sample_weight, len(y)))
         return float(classification_score(self._logits(X).double(), target, weight, self._splits()))
 
     def __sklearn_tags__(self):

@@ -15,7 +15,9 @@ import importlib
 import sys
 
 # values of parameters added in 0.2 that reproduce what estimators did before them
-EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update"}
+EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update",
+                     "head_hidden": None}
+EARLIER_CLASSIFIER = {"adaptation": None, "adaptation_weight": 1.0}
 EARLIER_FITTED = {"layer_": "embedding", "bn_stats_": "update"}
 
 # module of 0.1 -> where its picklable classes live now
@@ -33,6 +35,9 @@ def earlier_finetune_state(state):
     state = dict(state)
     for name, value in EARLIER_BEHAVIOUR.items():
         state.setdefault(name, value)
+    if "missing_label" in state:  # a classifier
+        for name, value in EARLIER_CLASSIFIER.items():
+            state.setdefault(name, value)
     if "net_" in state:
         for name, value in EARLIER_FITTED.items():
             state.setdefault(name, value)

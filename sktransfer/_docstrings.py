@@ -32,11 +32,13 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     backbone_lr_scale : float or "auto", default="auto"
         Backbone learning rate relative to ``lr`` (e.g. 0.1 for a gentler update
         of the pretrained weights). ``"auto"``: 0.3 when the training set holds
-        fewer than 10 batches, else 1.0 (``backbone_lr_scale_`` tells which).
-        With few images a full-rate backbone drifts from features on which the
-        solved head was already good (photograph crops, 50 images at 64 px:
-        0.77 at 1.0, 0.84 at 0.3); images far from ImageNet (digits) lost
-        little at 0.3.
+        fewer than 10 batches and ``image_size`` is more than a quarter of the
+        backbone's native size, else 1.0 (``backbone_lr_scale_`` tells which).
+        With few images near the native scale, a full-rate backbone drifts from
+        features on which the solved head was already good (photograph crops,
+        50 images at 64 px: 0.80 at 1.0, 0.82 at 0.3); at 32 px (a seventh of
+        Lite0's 224) the pretrained features are weaker and the full rate
+        measured better on all three image sets of ``benchmarks/few_shot.py``.
     layer_decay : float or None, default=None
         Layer-wise learning-rate decay: stage ``i`` of ``n`` gets an extra
         factor ``layer_decay ** (n - 1 - i)``.
@@ -65,6 +67,13 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         regressor, on standardised features), so that fine-tuning starts where
         a linear probe ends and the backbone receives no random gradients.
         ``"random"``: PyTorch's default initialisation.
+    head_hidden : int, sequence of int or None, default=None
+        Hidden layers in the new head: ``(1024,)`` makes it Linear(1024) ->
+        ReLU -> Dropout -> Linear, as in the classic "Flatten -> Dense(1024)
+        -> softmax" recipe. With ``head_init="solve"`` the hidden layers keep
+        their random initialisation (fed standardised features) and the last
+        layer is solved on their activations. ``None``: one linear layer,
+        which measured as well or better with few images (docs/benchmarks.md).
     min_steps : int, default=%(min_steps)s
         Train for at least this many optimizer steps: ``max(max_epochs,
         ceil(min_steps / steps per epoch))`` epochs. Few images make short
@@ -165,8 +174,48 @@ FITTED_ATTRIBUTES = """    n_epochs_ : int
 """
 
 
+CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
+        Cross-entropy label smoothing.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes (single-task ``y`` only), multiplied into
+        ``sample_weight``.
+    task_weights : array-like of shape (n_tasks,) or None, default=None
+        Multi-task ``y`` only: the loss is ``sum_t task_weights[t] * L_t``,
+        ``L_t`` being task ``t``'s mean cross-entropy over the samples labelled
+        for it. A sample may lack a label for a task: mark it with
+        ``missing_label`` and that task's loss skips it. With a source task and
+        a target task, ``task_weights=[1, lam]`` minimises ``L_S + lam * L_T``
+        literally. ``None``: all ones.
+    missing_label : scalar or None, default=None
+        Marks a missing label in ``y``: with several tasks, a sample may lack
+        a label for some of them; in single-task ``y`` (and for every task),
+        a row without any label is an unlabelled image, never a class: it
+        is the target domain of ``adaptation``, and is left out of training
+        without one. ``None``: in multi-task ``y``, ``None`` and NaN entries
+        are missing (use an object or float array); single-task ``y`` then has
+        no missing labels (NaN raises). Set e.g. ``-1`` for integer labels,
+        scikit-learn's semi-supervised convention.
+    adaptation : {"adabn", "coral", "dann", "pseudo_label", "auto"} or None, default=None
+        Domain adaptation to the unlabelled rows (see ``missing_label`` and
+        ``fit``'s ``sample_domain``), the target domain; the labelled rows
+        are the source. ``"adabn"``: after training, the backbone's
+        BatchNorm statistics are re-estimated on the target images.
+        ``"coral"``: Deep CORAL, a loss aligning the covariances of the
+        source and target features of each batch. ``"dann"``:
+        domain-adversarial training (a domain classifier behind a
+        gradient-reversal layer, its weight scheduled as in Ganin et al.,
+        2016). ``"pseudo_label"``: self-training on the model's confident
+        target predictions. ``"auto"``: ``"coral"``, which measured
+        best across shifts (docs/benchmarks.md). ``None``: no adaptation.
+    adaptation_weight : float, default=1.0
+        Weight of the adaptation loss term (``"coral"``, ``"dann"``,
+        ``"pseudo_label"``) in the training objective.
+"""
+
+
 def fill_docstring(doc):
     """An estimator docstring with the shared blocks filled in."""
     return (doc.replace("%(shared_parameters)s", SHARED_PARAMETERS)
             .replace("%(transfer_objective)s", TRANSFER_OBJECTIVE)
-            .replace("%(fitted_attributes)s", FITTED_ATTRIBUTES))
+            .replace("%(fitted_attributes)s", FITTED_ATTRIBUTES)
+            .replace("%(classifier_parameters)s", CLASSIFIER_PARAMETERS))

@@ -24,10 +24,11 @@ from .backbones._layer_outputs import forward_layers, optimize_for_cpu, resolve_
 from .backbones._loading import load_backbone
 from .backbones._pooling import POOLINGS
 from .backbones._timm import DEFAULT_BACKBONE
-from .data._batches import resolve_num_workers
+from .data._batches import PreparedImages, resolve_num_workers
 from .data._cache import DEFAULT_MAX_BYTES, cached_transform
 from .data._preprocessing import Preprocessing
 from .data._sources import ArraySource, as_images, learn_pixel_range
+from .training._adaptation import adapt_batchnorm
 
 OPTIMIZE_MIN_IMAGES = 128
 
@@ -115,6 +116,13 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         Bound of the memory cache (least recently used entries go first).
     verbose : int, default=0
         ``>0`` shows a tqdm progress bar over images.
+    adapt_bn : bool, default=False
+        AdaBN: at ``fit``, the backbone's BatchNorm layers take the mean and
+        variance of their inputs over the images seen there (Li et al., 2018),
+        so that ``make_pipeline(extractor, model)`` normalises features with
+        the statistics of the data it is fitted on (a scanner, a camera, a
+        contrast the pretrained statistics never saw). The extractor then
+        embeds every later image with those statistics.
 
     Attributes
     ----------
@@ -171,6 +179,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         "cache_dir": [str, os.PathLike, None],
         "cache_max_bytes": [Number(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
+        "adapt_bn": ["boolean"],
     }
 
     def __init__(
@@ -191,6 +200,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         cache_dir=None,
         cache_max_bytes=DEFAULT_MAX_BYTES,
         verbose=0,
+        adapt_bn=False,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -208,6 +218,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.cache_max_bytes = cache_max_bytes
         self.verbose = verbose
+        self.adapt_bn = adapt_bn
 
     # -- fitting ------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
@@ -234,6 +245,12 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
         size = self.preprocessing_.image_size
         self.layers_ = resolve_layers(backbone, resolve_layer(backbone, self.layer, size))
+        if self.adapt_bn:  # AdaBN: the BatchNorm statistics of the images seen here
+            source.pixel_range = self.pixel_range_
+            device = resolve_device(self.device)
+            data = PreparedImages(source, self.preprocessing_, device, True,
+                                  resolve_num_workers(self.num_workers, source, self.batch_size))
+            adapt_batchnorm(backbone.to(device), data, np.arange(len(source)), device, self.batch_size)
         probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
         self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
         self.n_features_out_ = sum(self.layer_widths_)
@@ -319,6 +336,10 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = []
         tags.non_deterministic = False
         return tags
+
+    def __setstate__(self, state):
+        # extractors pickled or saved before adapt_bn existed did not adapt
+        super().__setstate__({"adapt_bn": False, **state})
 
     def __getstate__(self):
         state = cpu_state(super().__getstate__(), ["backbone_"])

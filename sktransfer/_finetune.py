@@ -22,11 +22,12 @@ from torch import nn
 from ._compat import earlier_finetune_state
 from ._device import cpu_copy, cpu_state, resolve_device
 from ._docstrings import DOCS_URL
+from ._domain import AdaptationMixin, target_rows, with_unlabelled
 from ._inference import predict_images
 from ._persistence import SaveMixin
 from ._targets import check_y, task_weight_array
 from ._validation import Device, Number, Pattern, PixelRange
-from .backbones._cut import AUTO, EMBEDDING, cut_backbone, resolve_layer, stage_index
+from .backbones._cut import AUTO, EMBEDDING, cut_at_layer
 from .backbones._loading import load_backbone
 from .backbones._pooling import POOLINGS, pool
 from .data._augment import resolve_augment
@@ -42,10 +43,10 @@ from .training._freezing import (
 )
 from .training._fusion import fuse
 from .training._head_init import HEAD_INITS, solve_head
-from .training._network import TransferNet
+from .training._network import TransferNet, hidden_sizes
 from .training._optim import OPTIMIZERS, SCHEDULES
 from .training._penalties import REGULARIZATIONS, WeightPenalty
-from .training._trainer import Phase, Trainer, TrainSettings, holdout_split
+from .training._trainer import Phase, Trainer, TrainSettings
 
 _POSITIVE_INT = Number(Integral, 1, None, closed="left")
 _NON_NEGATIVE_INT = Number(Integral, 0, None, closed="left")
@@ -71,6 +72,7 @@ FINETUNE_CONSTRAINTS = {
     "layer": [StrOptions({AUTO, EMBEDDING}), Pattern(r"stage\d+", "'stageK' (the backbone cut after stage K)"),
               None],
     "head_init": [StrOptions(set(HEAD_INITS))],
+    "head_hidden": ["array-like", _POSITIVE_INT, None],
     "min_steps": [_NON_NEGATIVE_INT],
     "bn_stats": [StrOptions(set(BN_STATS))],
     "augment": [StrOptions({"default", "flip"}), "boolean", callable, None],
@@ -93,14 +95,14 @@ FINETUNE_CONSTRAINTS = {
 }
 
 
-class BaseFineTune(SaveMixin, BaseEstimator, register=False):
+class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
     """Fine-tuning shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
     _parameter_constraints: dict = FINETUNE_CONSTRAINTS
 
     def __init__(self, *, backbone, weights, freeze_depth, reg_lambda, regularization, max_epochs, batch_size,
                  lr, optimizer, lr_schedule, backbone_lr_scale, layer_decay, weight_decay, dropout, pooling,
-                 layer, head_init, min_steps, bn_stats, augment, early_stopping, validation_fraction,
+                 layer, head_init, head_hidden, min_steps, bn_stats, augment, early_stopping, validation_fraction,
                  n_iter_no_change, linear_probe_epochs, fusion_alpha, task_weights, image_size, input_shape,
                  pixel_range, preprocessing, device, num_workers, checkpoint_dir, random_state, verbose,
                  warm_start):
@@ -122,6 +124,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         self.pooling = pooling
         self.layer = layer
         self.head_init = head_init
+        self.head_hidden = head_hidden
         self.min_steps = min_steps
         self.bn_stats = bn_stats
         self.augment = augment
@@ -153,11 +156,12 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         w = _check_sample_weight(sample_weight, np.empty((n, 0)), dtype=np.float64)
         return w.astype(np.float32)
 
-    def _training_inputs(self, X, y, sample_weight, first, learn):
+    def _training_inputs(self, X, y, sample_weight, first, learn, sample_domain=None):
         """What ``fit`` and ``partial_fit`` start with: ``(source, y, y_enc, w)``, ``y`` checked.
 
         ``first``: this call learns the targets (``learn(y)`` returns them
         encoded) and the pixel range; otherwise they are encoded as learned.
+        Rows of a target domain (``sample_domain < 0``) are encoded as unlabelled.
         """
         source = as_images(X, self, input_shape=self.input_shape, reset=first)
         y = self._check_y(y, len(source))
@@ -166,27 +170,34 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
                 f"{type(self).__name__} needs at least 2 samples to train (BatchNorm layers in training "
                 f"mode cannot normalise a batch of one); got {len(source)} sample."
             )
+        target = target_rows(sample_domain, len(source))
+        known = y if target is None else y[~target]
         if first:
-            y_enc = learn(y)
+            y_enc = learn(known)
             self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
             self.history_ = []
         else:
-            y_enc = self._encode(y)
+            y_enc = self._encode(known)
         self._task_weights(self.n_outputs_)
         source.pixel_range = self.pixel_range_
-        return source, y, y_enc, self._sample_weights(y, sample_weight, len(source))
+        w = _check_sample_weight(sample_weight, np.empty((len(source), 0)), dtype=np.float64)
+        if target is None:
+            return source, y, y_enc, self._sample_weights(y, w, len(source))
+        w[~target] = self._sample_weights(known, w[~target], len(known))
+        return source, y, with_unlabelled(y_enc, target), w.astype(np.float32)
 
     # ---------------------------------------------------------------- fitting
-    def _fit(self, X, y, sample_weight):
+    def _fit(self, X, y, sample_weight, sample_domain=None):
         """Fine-tune on ``(X, y)`` (see the subclasses' ``fit``)."""
         continuing = self.warm_start and hasattr(self, "net_")
-        source, y, y_enc, w = self._training_inputs(X, y, sample_weight, not continuing, self._learn_targets)
+        source, y, y_enc, w = self._training_inputs(X, y, sample_weight, not continuing, self._learn_targets,
+                                                    sample_domain)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
         checkpointer = resume = None
         if self.checkpoint_dir is not None:
-            checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w))
+            checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w, sample_domain))
             if self.warm_start and not continuing:
                 resume = checkpointer.load()
         with _seeded(seed, device):
@@ -204,7 +215,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
     def _adopt(self, fitted):
         """Take the fitted attributes of a checkpoint's estimator."""
         for key, value in vars(fitted).items():
-            if key.endswith("_") and not key.startswith("_"):
+            if (key.endswith("_") and not key.startswith("_")) or key == "_native_size":
                 setattr(self, key, value)
         self._pretrained = None
         self._partial_optimizer = None
@@ -227,9 +238,9 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
                 self._build(device)
             self.net_.to(device)
             data = self._prepared(source, device)
-            everything = np.arange(len(source))
+            everything = self._fit_rows(y_enc, None, labelled_only=True)[0]
             if first:
-                self._resolve_few_image_settings(len(source))
+                self._resolve_few_image_settings(len(everything))
                 if self.head_init == "solve":
                     self._solve_head(data, everything, y_enc, w, device)
             trainer = self._trainer(data, y_enc, w, rng, device, augment=resolve_augment(self.augment))
@@ -245,18 +256,10 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
     def _build(self, device):
         """``net_``: the backbone (cut at ``layer``), pooling, dropout and a new head."""
         backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
+        self._native_size = backbone.preprocessing.image_size
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
         size = self.preprocessing_.image_size
-        layer = resolve_layer(backbone, self.layer, size)
-        stage = None if layer in (None, EMBEDDING) else stage_index(layer, len(backbone.stages))
-        if layer not in (None, EMBEDDING) and stage is None:
-            raise ValueError(
-                f"layer={self.layer!r}: backbone {backbone.name!r} has stages stage0 ... "
-                f"stage{len(backbone.stages) - 1}."
-            )
-        if stage is not None:
-            backbone = cut_backbone(backbone, stage, size)
-        self.layer_ = EMBEDDING if stage is None else layer
+        backbone, self.layer_ = cut_at_layer(backbone, self.layer, size)
         self.n_frozen_stages_ = check_freeze_depth(self.freeze_depth, len(backbone.stages))
         # the pretrained weights are kept during fit only when L2-SP or fusion needs them
         self._pretrained = _state_copy(backbone.model) if self._needs_anchor() else None
@@ -264,7 +267,8 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         with torch.inference_mode():
             probe = prepare_batch(torch.zeros(1, 3, size, size), self.preprocessing_, torch.device("cpu"))
             n_features = pool(backbone.forward_features(probe), self.pooling).shape[1]
-        net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout)
+        net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout,
+                          hidden_sizes(self.head_hidden))
         self.net_ = net.to(device)
         self._partial_optimizer = None
 
@@ -285,43 +289,44 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
             self._pretrained = _state_copy(load_backbone(self.backbone, self.weights, self.preprocessing).model)
         return self._pretrained
 
-    def _loss_terms(self):
-        """Factories of the loss terms added to the task loss (the weight penalty)."""
+    def _loss_terms(self, adapting=False):
+        """Factories of the loss terms added to the task loss (weight penalty, adaptation)."""
+        adaptation = self._adaptation_terms() if adapting else []
         if self.reg_lambda == 0:
-            return []
+            return adaptation
         anchor = self._anchor_state() if self._uses_l2sp() else None
-        return [lambda net: WeightPenalty(net, self.reg_lambda, self.regularization, anchor)]
+        return [lambda net: WeightPenalty(net, self.reg_lambda, self.regularization, anchor), *adaptation]
 
     def _resolve_few_image_settings(self, n_train):
         """``bn_stats_`` and ``backbone_lr_scale_`` for a training set of ``n_train`` images."""
         self.bn_stats_ = resolve_bn_stats(self.bn_stats, n_train, self.batch_size)
-        self.backbone_lr_scale_ = resolve_backbone_lr_scale(self.backbone_lr_scale, n_train, self.batch_size)
+        self.backbone_lr_scale_ = resolve_backbone_lr_scale(
+            self.backbone_lr_scale, n_train, self.batch_size, self.preprocessing_.image_size,
+            getattr(self, "_native_size", None))
 
     def _solve_head(self, data, train_idx, y_enc, w, device):
         """Start the head as a linear model solved on the frozen features (``training/_head_init``)."""
         solve_head(self.net_, data, train_idx, y_enc, w, device, self.batch_size, self._solved_head)
 
-    def _trainer(self, data, y_enc, w, rng, device, augment):
+    def _trainer(self, data, y_enc, w, rng, device, augment, adapting=False):
         settings = TrainSettings(
             optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
             backbone_lr_scale=self.backbone_lr_scale_, layer_decay=self.layer_decay,
             lr_schedule=self.lr_schedule, batch_size=self.batch_size, augment=augment,
             bn_stats=self.bn_stats_, n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
-            loss_terms=self._loss_terms(),
+            loss_terms=self._loss_terms(adapting),
         )
         return Trainer(self.net_, data, y_enc, w, self._loss, self._score, settings, device, rng, self.history_)
 
     def _train(self, source, y_enc, w, rng, device, checkpointer=None, resume=None, init_head=False):
-        train_idx, valid_idx = np.arange(len(source)), None
-        if resume is not None:
-            train_idx, valid_idx = resume.train_idx, resume.valid_idx
-        elif self.early_stopping:
-            train_idx, valid_idx = self._split(y_enc, rng)
+        train_idx, valid_idx, target_idx = self._fit_rows(y_enc, rng, resume)
         data = self._prepared(source, device)
         self._resolve_few_image_settings(len(train_idx))
         if init_head and self.head_init == "solve":
             self._solve_head(data, train_idx, y_enc, w, device)
-        trainer = self._trainer(data, y_enc, w, rng, device, augment=resolve_augment(self.augment))
+        target_batches = self._target_batches(target_idx)
+        trainer = self._trainer(data, y_enc, w, rng, device, resolve_augment(self.augment), len(target_batches))
+        trainer.target_idx = target_batches
         phases = []
         if self.linear_probe_epochs:
             phases.append(Phase("linear_probe", len(self.net_.backbone.stages), self.linear_probe_epochs))
@@ -337,13 +342,11 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         self.best_epoch_ = trainer.restore_best()
         if self.fusion_alpha < 1.0:
             fuse(self.net_.backbone.model, self._anchor_state(), self.fusion_alpha)
+        self._adapt_statistics(data, target_idx, device)
         self.n_epochs_ = len(self.history_)
         self.net_.eval()
         if checkpointer is not None and finished:
             checkpointer.finish(self)
-
-    def _split(self, y_enc, rng):
-        return holdout_split(len(y_enc), self._stratify_labels(y_enc), self.validation_fraction, rng)
 
     # ------------------------------------------------------------- predicting
     def _logits(self, X):

@@ -60,9 +60,16 @@ def missing_mask(column, missing_label):
 
 def label_columns(y, missing_label):
     """``(labels, missing mask)`` of each task; labels hold the labelled entries only."""
-    if y.ndim == 1:
+    if y.ndim == 1 and missing_label is None:
         check_classification_targets(y)
         return [(y, np.zeros(len(y), dtype=bool))]
+    if y.ndim == 1:  # unlabelled rows (e.g. target images for domain adaptation)
+        missing = missing_mask(y, missing_label)
+        known = y[~missing]
+        if known.dtype == object:
+            known = np.asarray(known.tolist())
+        check_classification_targets(known)
+        return [(known, missing)]
     out = []
     for t in range(y.shape[1]):
         missing = missing_mask(y[:, t], missing_label)
@@ -130,8 +137,9 @@ def check_same_classes(classes, fitted):
         raise ValueError(f"classes={classes!r} differs from the first call's {shown!r}.")
 
 
-def with_class_weight(w, y, class_weight, n_tasks):
-    """Sample weights ``w`` times the weights of ``class_weight`` (single-task ``y`` only)."""
+def with_class_weight(w, y, class_weight, n_tasks, missing_label=None):
+    """Sample weights ``w`` times the weights of ``class_weight`` (single-task ``y`` only;
+    unlabelled rows keep their weight and do not count in ``"balanced"``)."""
     if class_weight is None:
         return w
     if n_tasks > 1:
@@ -139,4 +147,7 @@ def with_class_weight(w, y, class_weight, n_tasks):
             "class_weight works with a single task; for several, weight the tasks with "
             "task_weights and the samples with sample_weight."
         )
-    return (w * compute_sample_weight(class_weight, y)).astype(np.float32)
+    known = ~missing_mask(y, missing_label) if missing_label is not None else np.ones(len(y), dtype=bool)
+    out = np.array(w, dtype=np.float32)
+    out[known] = w[known] * compute_sample_weight(class_weight, y[known])
+    return out

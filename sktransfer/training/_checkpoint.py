@@ -37,7 +37,7 @@ def _describe(value):
     return repr(value)
 
 
-def run_digest(estimator, source, y, sample_weight):
+def run_digest(estimator, source, y, sample_weight, sample_domain=None):
     """Digest of the parameters and the training data."""
     h = hashlib.blake2b(digest_size=12)
     params = estimator.get_params(deep=False)
@@ -48,6 +48,8 @@ def run_digest(estimator, source, y, sample_weight):
         h.update(str(key).encode())
     h.update(np.ascontiguousarray(y).tobytes())
     h.update(np.ascontiguousarray(sample_weight).tobytes())
+    if sample_domain is not None:
+        h.update(b"sample_domain" + np.ascontiguousarray(sample_domain).tobytes())
     return h.hexdigest()
 
 

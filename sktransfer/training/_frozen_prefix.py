@@ -68,9 +68,14 @@ class SuffixNet(nn.Module):
         self.net = net
         self.suffix = nn.Sequential(*modules)
 
+    def features(self, x):
+        return pool(self.suffix(x), self.net.pooling)
+
+    def classify(self, features):
+        return self.net.classify(features)
+
     def forward(self, x):
-        net = self.net
-        return net.head(net.dropout(pool(self.suffix(x), net.pooling)))
+        return self.classify(self.features(x))
 
     def train(self, mode=True):
         # frozen BatchNorm layers stay in eval mode, as in the full network
@@ -115,13 +120,19 @@ class HeadOnly(nn.Module):
         super().__init__()
         self.net = net
 
+    def features(self, features):
+        return features
+
+    def classify(self, features):
+        return self.net.classify(features)
+
     def forward(self, features):
-        return self.net.head(self.net.dropout(features))
+        return self.net.classify(features)
 
     def train(self, mode=True):
         # the backbone stays in eval mode: only dropout and the head train
-        self.net.dropout.train(mode)
-        self.net.head.train(mode)
+        for module in self.net.head_modules():
+            module.train(mode)
         self.training = mode
         return self
 

@@ -11,13 +11,14 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "linear", "onecycle")
 
 
-def make_optimizer(net, name, lr, weight_decay, backbone_lr_scale=1.0, layer_decay=None):
-    """Parameter groups: the new head (``lr``, ``weight_decay``) and one per backbone stage.
+def make_optimizer(net, name, lr, weight_decay, backbone_lr_scale=1.0, layer_decay=None, extra=()):
+    """Parameter groups: the new head (``lr``, ``weight_decay``), one per backbone stage, and
+    ``extra`` parameters of loss terms (a domain classifier) like the head.
 
     Backbone groups get ``lr * backbone_lr_scale * layer_decay ** (depth from the top)``
     and no optimizer weight decay (their regulariser is ``reg_lambda``).
     """
-    groups = [{"params": [p for p in net.head.parameters()], "lr": lr, "weight_decay": weight_decay}]
+    groups = [{"params": [p for m in net.head_modules() for p in m.parameters()], "lr": lr, "weight_decay": weight_decay}]
     stages = net.backbone.stages
     model = net.backbone.model
     n = len(stages)
@@ -28,6 +29,9 @@ def make_optimizer(net, name, lr, weight_decay, backbone_lr_scale=1.0, layer_dec
             continue
         scale = backbone_lr_scale * (layer_decay ** (n - 1 - i) if layer_decay else 1.0)
         groups.append({"params": params, "lr": lr * scale, "weight_decay": 0.0})
+    extra = list(extra)
+    if extra:
+        groups.append({"params": extra, "lr": lr, "weight_decay": weight_decay})
     for group in groups:
         group["initial_lr"] = group["lr"]
     if name == "adamw":

@@ -48,13 +48,21 @@ class Step:
 
     ``net`` and ``x`` are what the step runs: the whole network on prepared
     images, or, when frozen stages are computed once, the trainable rest of it
-    on their precomputed output (``training/_frozen_prefix.py``).
+    on their precomputed output (``training/_frozen_prefix.py``). ``features``
+    are the pooled features the head sees and ``output`` the head's output,
+    for every row of the step. When the fit has unlabelled target rows, the
+    step also holds a batch of them after the labelled rows: ``domain`` is
+    True there (else ``domain`` is None). ``progress`` runs from 0 to 1 over
+    the fit's optimizer steps.
     """
 
     net: torch.nn.Module
     x: torch.Tensor
     output: torch.Tensor
     indices: np.ndarray
+    features: torch.Tensor | None = None
+    domain: torch.Tensor | None = None
+    progress: float = 1.0
 
 
 @dataclass
@@ -107,11 +115,17 @@ class Trainer:
         self.rng = rng
         self.history = history
         self.best = None  # (epoch, state dict on the CPU, validation loss)
+        self.target_idx = np.zeros(0, dtype=np.int64)  # unlabelled rows drawn beside each batch
+        self._target_order = np.zeros(0, dtype=np.int64)
+        self._steps_done, self._total_steps = 0, None
 
     # ------------------------------------------------------------ building
-    def optimizer(self):
+    def optimizer(self, terms=()):
+        """The optimizer of the network's trainable parameters and those of the loss ``terms``."""
         s = self.settings
-        return make_optimizer(self.net, s.optimizer, s.lr, s.weight_decay, s.backbone_lr_scale, s.layer_decay)
+        extra = [p for term in terms for p in getattr(term, "parameters", list)()]
+        return make_optimizer(self.net, s.optimizer, s.lr, s.weight_decay, s.backbone_lr_scale, s.layer_decay,
+                              extra)
 
     def freeze(self, n_frozen):
         """Freeze the first ``n_frozen`` backbone stages (BatchNorm statistics as the settings say)."""
@@ -133,6 +147,7 @@ class Trainer:
         """
         s = self.settings
         steps = max(1, -(-len(train_idx) // s.batch_size))
+        self._total_steps = steps * sum(phase.epochs for phase in phases)
         self.best = None if resume is None else resume.best()
         finished = False
         try:
@@ -142,7 +157,8 @@ class Trainer:
                 resuming = resume is not None and index == resume.phase
                 done, no_improve = (resume.epochs_done, resume.no_improve) if resuming else (0, 0)
                 self.freeze(phase.n_frozen)
-                optimizer = self.optimizer()
+                terms = self.loss_terms()
+                optimizer = self.optimizer(terms)
                 scheduler = make_scheduler(optimizer, s.lr_schedule, phase.epochs * steps)
                 if resuming:
                     resume.restore_training(optimizer, scheduler, self.rng, self.device)
@@ -157,7 +173,7 @@ class Trainer:
                     # the frozen stages see no augmentation: their output is computed once
                     run_net, run_data = frozen_prefix(self.net, self.data, phase.n_frozen, self.device, s.batch_size)
                 stopped = self.run_epochs(
-                    optimizer, scheduler, self.loss_terms(), phase.epochs - done, phase.name, train_idx,
+                    optimizer, scheduler, terms, phase.epochs - done, phase.name, train_idx,
                     valid_idx, net=run_net, data=run_data, no_improve=no_improve, on_epoch=callback,
                 )
                 if stopped:
@@ -228,16 +244,22 @@ class Trainer:
         total, count = 0.0, 0.0
         for batch in batch_indices(len(train_idx), s.batch_size, self.rng):
             idx = train_idx[batch]
+            n_labelled, domain = len(idx), None
+            if len(self.target_idx):
+                idx = np.concatenate([idx, self._target_batch(n_labelled)])
+                domain = torch.arange(len(idx), device=self.device) >= n_labelled
             x = data.batch(idx)
             if s.augment is not None:
                 x = s.augment(x)
-            target = torch.as_tensor(self.y[idx], device=self.device)
-            weight = torch.as_tensor(self.w[idx], device=self.device, dtype=torch.float32)
+            target = torch.as_tensor(self.y[idx[:n_labelled]], device=self.device)
+            weight = torch.as_tensor(self.w[idx[:n_labelled]], device=self.device, dtype=torch.float32)
             with autocast(self.device):
-                output = net(x)
-            loss = self.loss(output, target, weight)
+                features = net.features(x)
+                output = net.classify(features)
+            loss = self.loss(output[:n_labelled], target, weight)
             objective = loss
-            step = Step(net, x, output, idx)
+            progress = 1.0 if not self._total_steps else min(1.0, self._steps_done / self._total_steps)
+            step = Step(net, x, output, idx, features, domain, progress)
             for term in terms:
                 extra = term(step)
                 if extra is not None:
@@ -245,14 +267,22 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
+            self._steps_done += 1
             if scheduler is not None:
                 scheduler.step()
             total += float(loss.detach()) * float(weight.sum())
             count += float(weight.sum())
             if bar is not None:
-                bar.update(len(idx))
+                bar.update(n_labelled)
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
         return total / max(count, 1e-12)
+
+    def _target_batch(self, n):
+        """``n`` unlabelled rows, cycling through shuffled passes over ``target_idx``."""
+        while len(self._target_order) < n:
+            self._target_order = np.concatenate([self._target_order, self.rng.permutation(self.target_idx)])
+        out, self._target_order = self._target_order[:n], self._target_order[n:]
+        return out
 
     def evaluate(self, net, data, indices):
         """Weighted loss and score (accuracy, R², ...) on ``indices``."""

@@ -1,0 +1,153 @@
+"""Unlabelled rows and domain adaptation, the estimator side (the methods: ``training/_adaptation.py``).
+
+A fine-tuning fit splits its rows into labelled rows (the supervised loss,
+the solved head, early stopping) and unlabelled rows: those whose label is
+``missing_label``, and, with ``fit(..., sample_domain=...)``, those of a
+target domain (skada's convention: negative domain ids). With an
+``adaptation`` method the unlabelled rows are the target domain it adapts to;
+without one they are left out of training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._device import resolve_device
+from ._inference import predict_images
+from ._validation import Number
+from .data._sources import as_images
+from .training._adaptation import (
+    ADAPTATIONS,
+    CoralTerm,
+    DannTerm,
+    PseudoLabelTerm,
+    adapt_batchnorm,
+)
+from .training._trainer import holdout_split
+
+ADAPTATION_CONSTRAINTS = {
+    "adaptation": [StrOptions({*ADAPTATIONS, "auto"}), None],
+    "adaptation_weight": [Number(Real, 0, None, closed="left")],
+}
+# adaptation="auto": the method that measured best across shifts (docs/benchmarks.md)
+AUTO_ADAPTATION = "coral"
+# methods that draw a batch of target rows beside every labelled batch
+_BATCH_METHODS = ("coral", "dann", "pseudo_label")
+
+
+def target_rows(sample_domain, n):
+    """Mask of the target rows given by ``sample_domain`` (negative ids), or None."""
+    if sample_domain is None:
+        return None
+    domain = np.asarray(sample_domain)
+    if domain.shape != (n,) or domain.dtype.kind not in "iu" or np.any(domain == 0):
+        raise ValueError(
+            f"sample_domain must hold one non-zero integer domain id per row ({n} rows): positive for "
+            f"labelled source domains, negative for unlabelled target domains (skada's convention); got "
+            f"shape {domain.shape}, dtype {domain.dtype}."
+        )
+    return domain < 0
+
+
+def with_unlabelled(y_known, unlabelled):
+    """Encoded targets of the labelled rows, spread over all rows: ``-1`` (classes) or NaN
+    (values) on the unlabelled ones."""
+    if unlabelled is None:
+        return y_known
+    fill = np.nan if y_known.dtype.kind == "f" else -1
+    out = np.full((len(unlabelled),) + y_known.shape[1:], fill, dtype=y_known.dtype)
+    out[~unlabelled] = y_known
+    return out
+
+
+class AdaptationMixin:
+    """Labelled and unlabelled rows of a fit, and the ``adaptation`` parameter."""
+
+    def _labelled_rows(self, y_enc):
+        """Rows with at least one label (encoded: ``-1`` or NaN is missing)."""
+        known = ~np.isnan(y_enc) if y_enc.dtype.kind == "f" else y_enc >= 0
+        return known if known.ndim == 1 else known.any(axis=1)
+
+    def _adaptation_method(self):
+        method = getattr(self, "adaptation", None)
+        return AUTO_ADAPTATION if isinstance(method, str) and method == "auto" else method
+
+    def _fit_rows(self, y_enc, rng, resume=None, labelled_only=False):
+        """``(train_idx, valid_idx, target_idx)``: labelled training and validation rows (a
+        resumed checkpoint's, or split off for early stopping), and the unlabelled rows."""
+        labelled = self._labelled_rows(y_enc)
+        train_idx, target_idx = np.flatnonzero(labelled), np.flatnonzero(~labelled)
+        if len(train_idx) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 labelled samples; got {len(train_idx)} "
+                f"({len(target_idx)} rows are unlabelled)."
+            )
+        if resume is not None:
+            return resume.train_idx, resume.valid_idx, target_idx
+        if labelled_only or not self.early_stopping:
+            return train_idx, None, target_idx
+        labels = y_enc[train_idx]
+        fit_part, valid_part = holdout_split(len(labels), self._stratify_labels(labels), self.validation_fraction, rng)
+        return train_idx[fit_part], train_idx[valid_part], target_idx
+
+    def _target_batches(self, target_idx):
+        """The unlabelled rows the trainer draws beside each batch (none without a batch method)."""
+        method = self._adaptation_method()
+        if method is not None and not len(target_idx):
+            warnings.warn(
+                f"adaptation={self.adaptation!r} has no unlabelled rows to adapt to: mark them with "
+                "missing_label (e.g. missing_label=-1 and y=-1) or pass sample_domain (negative ids). "
+                "The model is trained on the labelled rows only.", UserWarning, stacklevel=5,
+            )
+        if method not in _BATCH_METHODS or not len(target_idx):
+            return np.zeros(0, dtype=np.int64)
+        if method == "pseudo_label" and self.n_outputs_ > 1:
+            raise ValueError("adaptation='pseudo_label' needs single-task y; use 'coral', 'dann' or 'adabn'.")
+        if self.checkpoint_dir is not None:
+            raise ValueError(
+                f"adaptation={method!r} cannot resume from checkpoint_dir (its schedule and target batches "
+                "are not checkpointed); use checkpoint_dir=None, or adaptation='adabn'."
+            )
+        return target_idx
+
+    def _adaptation_terms(self):
+        """Factories of the adaptation's loss terms (see ``training/_adaptation.py``)."""
+        method, weight = self._adaptation_method(), getattr(self, "adaptation_weight", 1.0)
+        if method == "coral":
+            return [lambda net: CoralTerm(weight)]
+        if method == "dann":
+            return [lambda net: DannTerm(net.n_features, weight, next(net.head.parameters()).device)]
+        if method == "pseudo_label":
+            return [lambda net: PseudoLabelTerm(weight)]
+        return []
+
+    def _adapt_statistics(self, data, target_idx, device):
+        """AdaBN after training: BatchNorm statistics of the target images."""
+        if self._adaptation_method() == "adabn" and len(target_idx):
+            with torch.no_grad():
+                adapt_batchnorm(self.net_.backbone, data, target_idx, device, self.batch_size)
+
+    def _embed(self, X):
+        """Pooled backbone features of images ``X`` (what the head sees), for ``sktransfer.metrics``."""
+        check_is_fitted(self, "net_")
+        source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
+        features = _Features(self.net_)
+        out = predict_images(features, source, self.preprocessing_, resolve_device(self.device), self.batch_size)
+        return out.float().cpu().numpy()
+
+
+class _Features(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.features(x)
+

@@ -1,0 +1,308 @@
+"""Issue 16: unlabelled rows, domain adaptation, scorers and a splitter that need no target labels."""
+
+import pickle
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, load
+from sktransfer.metrics import importance_weighted_scorer, prediction_entropy_scorer
+from sktransfer.model_selection import UnlabelledKFold
+from sktransfer.training._adaptation import (
+    DannTerm,
+    PseudoLabelTerm,
+    coral_loss,
+    dann_weight,
+    reverse_gradient,
+)
+from sktransfer.training._trainer import Step
+
+FAST = dict(image_size=32, batch_size=16, max_epochs=1, min_steps=0, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def shift(digits):
+    """Clean labelled digits (source) and contrast-inverted digits (target)."""
+    images, _, y = digits
+    return images[:120] / 16.0, y[:120], 1.0 - images[120:240] / 16.0, y[120:240]
+
+
+def _prepared(images, spec):
+    """What the network sees of grey images in [0, 1]."""
+    from sktransfer.data._preprocessing import prepare_batch
+
+    grey = torch.as_tensor(images[:, None], dtype=torch.float32)
+    return prepare_batch(grey, spec, torch.device("cpu"))
+
+
+# ------------------------------------------------------------ unlabelled rows
+def test_unlabelled_rows_are_never_a_class_and_are_left_out_without_adaptation(digits):
+    _, X, y = digits
+    y_missing = y[:60].copy()
+    y_missing[::3] = -1
+    clf = FineTuneClassifier(missing_label=-1, **FAST).fit(X[:60], y_missing)
+    assert -1 not in clf.classes_ and set(clf.classes_) == set(y[:60][y_missing != -1])
+    labelled = FineTuneClassifier(**FAST).fit(X[:60][y_missing != -1], y_missing[y_missing != -1])
+    np.testing.assert_array_equal(clf.predict_proba(X[100:130]), labelled.predict_proba(X[100:130]))
+    # score skips the unlabelled rows
+    expected = (clf.predict(X[:60]) == y_missing)[y_missing != -1].mean()
+    assert clf.score(X[:60], y_missing) == pytest.approx(expected)
+
+
+def test_binary_minus_one_labels_are_classes_without_missing_label(digits):
+    _, X, y = digits
+    signs = np.where(y[:40] % 2, 1, -1)
+    clf = FineTuneClassifier(**FAST).fit(X[:40], signs)
+    assert clf.classes_.tolist() == [-1, 1]
+    with pytest.raises(ValueError, match="NaN"):
+        FineTuneClassifier(**FAST).fit(X[:40], np.where(np.arange(40) % 5, y[:40], np.nan))
+
+
+def test_too_few_labelled_rows_are_refused(digits):
+    _, X, _ = digits
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        FineTuneClassifier(missing_label=-1, **FAST).fit(X[:10], np.r_[3, -np.ones(9, int)])
+    with pytest.raises(ValueError, match="at least 2 labelled samples"):
+        FineTuneClassifier(missing_label=-1, **FAST).partial_fit(X[:10], np.r_[3, -np.ones(9, int)], classes=[3, 4])
+
+
+def test_sample_domain_marks_target_rows_as_unlabelled(digits):
+    _, X, y = digits
+    domain = np.where(np.arange(60) < 40, 1, -2)
+    y_target_labelled = y[:60].copy()
+    y_target_labelled[40:] = 9  # labels of target rows are never used, not even as classes
+    y_source = y[:60].copy()
+    y_source[y_source == 9] = 8
+    y_target_labelled[:40] = y_source[:40]
+    by_domain = FineTuneClassifier(adaptation="coral", **FAST).fit(X[:60], y_target_labelled, sample_domain=domain)
+    y_missing = np.where(domain < 0, -1, y_target_labelled)
+    by_label = FineTuneClassifier(adaptation="coral", missing_label=-1, **FAST).fit(X[:60], y_missing)
+    assert 9 not in by_domain.classes_
+    np.testing.assert_array_equal(by_domain.classes_, by_label.classes_)
+    np.testing.assert_array_equal(by_domain.predict_proba(X[100:120]), by_label.predict_proba(X[100:120]))
+    with pytest.raises(ValueError, match="sample_domain"):
+        FineTuneClassifier(**FAST).fit(X[:60], y[:60], sample_domain=np.zeros(60, int))
+
+
+def test_sample_domain_is_routed_through_pipeline_and_grid_search(digits):
+    _, X, y = digits
+    domain = np.where(np.arange(60) < 40, 1, -1)
+    y_all = np.where(y[:60] == 9, 8, y[:60])
+    y_all[40:] = 9
+    direct = FineTuneClassifier(adaptation="coral", **FAST).fit(X[:60], y_all, sample_domain=domain)
+    with sklearn.config_context(enable_metadata_routing=True):
+        pipe = make_pipeline(FunctionTransformer(), FineTuneClassifier(adaptation="coral", **FAST))
+        pipe.fit(X[:60], y_all, sample_domain=domain)
+        np.testing.assert_array_equal(pipe.predict_proba(X[100:110]), direct.predict_proba(X[100:110]))
+        search = GridSearchCV(
+            FineTuneClassifier(adaptation="coral", **FAST), {"adaptation_weight": [0.5, 1.0]},
+            cv=UnlabelledKFold(2),
+        ).fit(X[:60], np.where(domain < 0, -1, y_all), sample_domain=domain)
+    assert 9 not in search.best_estimator_.classes_ and -1 not in search.best_estimator_.classes_
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+# ----------------------------------------------------------------- the methods
+def test_coral_loss_is_the_covariance_distance(rng):
+    a = torch.as_tensor(rng.normal(size=(50, 4)), dtype=torch.float32)
+    b = torch.as_tensor(rng.normal(size=(40, 4)) * 3 + 1, dtype=torch.float32)
+    expected = ((np.cov(a.numpy().T) - np.cov(b.numpy().T)) ** 2).sum() / (4 * 16)
+    assert float(coral_loss(a, b)) == pytest.approx(expected, rel=1e-5)
+    assert float(coral_loss(a, a + 5.0)) == pytest.approx(0.0, abs=1e-6)  # a shift of the mean is not seen
+
+
+def test_dann_schedule_and_gradient_reversal():
+    assert dann_weight(0.0) == 0.0 and dann_weight(1.0) == pytest.approx(0.99991, abs=1e-5)
+    assert all(dann_weight(p) < dann_weight(p + 0.1) for p in np.linspace(0, 0.9, 10))
+    x = torch.ones(3, requires_grad=True)
+    (reverse_gradient(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([-0.5, -1.0, -1.5]))
+
+
+def test_dann_term_trains_its_domain_classifier_against_the_features():
+    torch.manual_seed(0)
+    term = DannTerm(n_features=3, weight=1.0, device=torch.device("cpu"))
+    features = torch.randn(8, 3, requires_grad=True)
+    domain = torch.arange(8) >= 4
+    step = Step(None, None, torch.zeros(8, 2), np.arange(8), features, domain, progress=1.0)
+    term(step).backward()
+    grad_features = features.grad.clone()
+    features.grad = None
+    # without the reversal, the same loss pulls the features the other way
+    logits = term.discriminator(features).squeeze(1)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, domain.float()).backward()
+    torch.testing.assert_close(grad_features, -dann_weight(1.0) * features.grad)
+    assert all(p.grad is not None for p in term.parameters())
+
+
+def test_pseudo_labels_use_only_confident_target_rows():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 0.1], [0.0, 6.0], [9.0, 0.0]], requires_grad=True)
+    domain = torch.tensor([False, True, True, True])
+    step = Step(None, None, logits, np.arange(4), None, domain, progress=1.0)
+    loss = PseudoLabelTerm(weight=1.0, threshold=0.9)(step)
+    loss.backward()
+    assert logits.grad[0].abs().sum() == 0  # a labelled row
+    assert logits.grad[1].abs().sum() == 0  # an unconfident target row
+    assert logits.grad[2].abs().sum() > 0 and logits.grad[3].abs().sum() > 0
+
+
+ADAPT = dict(image_size=32, random_state=0, missing_label=-1, min_steps=60)
+
+
+@pytest.fixture(scope="module")
+def source_only(shift):
+    Xs, ys, Xt, yt = shift
+    X, y = np.concatenate([Xs, Xt[:80]]), np.concatenate([ys, -np.ones(80, int)])
+    with pytest.warns(UserWarning, match="no unlabelled rows"):
+        FineTuneClassifier(adaptation="coral", **ADAPT).fit(Xs[:30], ys[:30])
+    return X, y, FineTuneClassifier(**ADAPT).fit(X, y).score(Xt[80:], yt[80:])
+
+
+@pytest.mark.parametrize("method", ["adabn", "coral", "dann", "pseudo_label"])
+def test_each_method_raises_target_accuracy_over_source_only(shift, source_only, method):
+    _, _, Xt, yt = shift
+    X, y, baseline = source_only
+    adapted = FineTuneClassifier(adaptation=method, **ADAPT).fit(X, y)
+    assert adapted.score(Xt[80:], yt[80:]) > baseline + 0.05
+
+
+def test_adabn_statistics_are_those_of_the_target_images(shift):
+    Xs, ys, Xt, _ = shift
+    X = np.concatenate([Xs[:40], Xt[:32]])
+    y = np.concatenate([ys[:40], -np.ones(32, int)])
+    clf = FineTuneClassifier(adaptation="adabn", missing_label=-1, **FAST).fit(X, y)  # two target batches of 16
+    model = clf.net_.backbone.model
+    x = _prepared(Xt[:32], clf.preprocessing_)
+    with torch.no_grad():
+        stem = model.conv_stem(x)
+    torch.testing.assert_close(model.bn1.running_mean, stem.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_adapted_model_saves_loads_and_pickles(shift, tmp_path):
+    Xs, ys, Xt, _ = shift
+    X = np.concatenate([Xs[:40], Xt[:40]])
+    y = np.concatenate([ys[:40], -np.ones(40, int)])
+    clf = FineTuneClassifier(adaptation="dann", missing_label=-1, **FAST).fit(X, y)
+    expected = clf.predict_proba(Xt[40:60])
+    clf.save(tmp_path / "dann.skt")
+    np.testing.assert_array_equal(load(tmp_path / "dann.skt").predict_proba(Xt[40:60]), expected)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(Xt[40:60]), expected)
+
+
+# ----------------------------------------------------------------- extractor
+def test_extractor_adapt_bn_learns_the_statistics_of_the_fit_images(shift):
+    _, _, Xt, _ = shift
+    plain = PretrainedFeatureExtractor(image_size=32, cache=False).fit(Xt[:40])
+    adapted = PretrainedFeatureExtractor(image_size=32, cache=False, adapt_bn=True).fit(Xt[:40])
+    pretrained = PretrainedFeatureExtractor(image_size=32, cache=False).fit(Xt[:2])
+    bn, bn_plain = adapted.backbone_.model.bn1, plain.backbone_.model.bn1
+    torch.testing.assert_close(bn_plain.running_mean, pretrained.backbone_.model.bn1.running_mean)
+    # the first BatchNorm layer holds the mean of its inputs over the fit images (one batch of 40)
+    with torch.no_grad():
+        stem = adapted.backbone_.model.conv_stem(_prepared(Xt[:40], adapted.preprocessing_))
+    torch.testing.assert_close(bn.running_mean, stem.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(bn.running_mean, bn_plain.running_mean, atol=1e-2)
+    # the same images on another scale (0-16, learned as the pixel range) give the same statistics
+    scaled = PretrainedFeatureExtractor(image_size=32, cache=False, adapt_bn=True).fit(Xt[:40] * 16)
+    torch.testing.assert_close(scaled.backbone_.model.bn1.running_mean, bn.running_mean)
+    # the variance over all 40 images, whatever the batches
+    odd = PretrainedFeatureExtractor(image_size=32, cache=False, adapt_bn=True, batch_size=7).fit(Xt[:40])
+    torch.testing.assert_close(odd.backbone_.model.bn1.running_var, bn.running_var, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(adapted.transform(Xt[40:45]), plain.transform(Xt[40:45]))
+
+
+# --------------------------------------------------------- model selection
+class _Fixed(ClassifierMixin, BaseEstimator):
+    """A classifier with fixed probabilities: row i predicts class 0 with probability p[i]."""
+
+    def __init__(self, p=None):
+        self.p = p
+
+    def fit(self, X, y):
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X):
+        p = np.asarray(X)[:, 0]
+        return np.column_stack([p, 1 - p])
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] > 0.5).astype(int)
+
+
+def test_prediction_entropy_scorer_uses_the_target_rows():
+    X = np.array([[0.5, 0.0], [0.9, 0.0], [1.0, 0.0], [0.2, 0.0]])
+    y = np.array([0, -1, -1, 1])
+    est = _Fixed().fit(X, y)
+    entropy = lambda p: -(p * np.log(p) + (1 - p) * np.log(1 - p)) if 0 < p < 1 else 0.0  # noqa: E731
+    expected = -np.mean([entropy(0.9), entropy(1.0)])
+    assert prediction_entropy_scorer(est, X, y) == pytest.approx(expected, abs=1e-6)
+    assert prediction_entropy_scorer(est, X[[0]], None) == pytest.approx(-np.log(2), abs=1e-6)
+
+
+def test_importance_weighted_scorer_counts_source_rows_that_look_like_target_rows(rng):
+    # source rows on both sides of 0 (feature 1); target rows only on the positive side
+    n = 200
+    side = np.r_[rng.normal(-2, 0.5, n // 2), rng.normal(2, 0.5, n // 2)]
+    p = np.where(side > 0, 0.9, 0.1)  # right on the positive side (label 1), wrong on the negative
+    X = np.column_stack([p, side])
+    y = np.ones(n, int)
+    target = np.column_stack([np.full(50, 0.5), rng.normal(2, 0.5, 50)])
+    X_all = np.r_[X, target]
+    y_all = np.r_[y, -np.ones(50, int)]
+    est = make_pipeline(FunctionTransformer(lambda a: a[:, 1:]), FunctionTransformer())
+    est = _PipelineClassifier(est).fit(X_all, y_all)
+    plain = (est.predict(X) == y).mean()
+    weighted = importance_weighted_scorer(est, X_all, y_all)
+    assert plain == pytest.approx(0.5) and weighted > 0.9
+    with pytest.raises(ValueError, match="unlabelled"):
+        importance_weighted_scorer(est, X, y)
+
+
+class _PipelineClassifier(ClassifierMixin, BaseEstimator):
+    """Features from ``features`` (used by the scorer), predictions from column 0 of X."""
+
+    def __init__(self, features=None):
+        self.features = features
+
+    def fit(self, X, y):
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _embed(self, X):
+        return self.features.fit_transform(np.asarray(X))
+
+    def predict(self, X):
+        return (np.asarray(X)[:, 0] > 0.5).astype(int)
+
+
+def test_unlabelled_kfold_keeps_unlabelled_rows_in_every_training_fold():
+    y = np.array([0, 1, 0, 1, 0, 1, -1, -1, 0, 1])
+    folds = list(UnlabelledKFold(n_splits=2).split(np.zeros(10), y))
+    assert len(folds) == 2
+    tests = np.concatenate([test for _, test in folds])
+    np.testing.assert_array_equal(np.sort(tests), [0, 1, 2, 3, 4, 5, 8, 9])  # labelled rows, once each
+    for train, test in folds:
+        assert {6, 7} <= set(train) and not set(train) & set(test)
+    with_target = list(UnlabelledKFold(n_splits=2, unlabelled_in_test=True).split(np.zeros(10), y))
+    assert all({6, 7} <= set(test) for _, test in with_target)
+    domain = np.where(np.arange(10) < 8, 1, -1)
+    by_domain = list(UnlabelledKFold(n_splits=2).split(np.zeros(10), np.r_[y[:8], 0, 1], sample_domain=domain))
+    assert all({6, 7, 8, 9} <= set(train) for train, _ in by_domain)
+    with pytest.raises(ValueError, match="labelled rows"):
+        list(UnlabelledKFold(n_splits=3).split(np.zeros(4), np.array([0, 1, -1, -1])))
+
+
+def test_splitter_docstring_example_holds():
+    import doctest
+
+    import sktransfer.model_selection
+
+    result = doctest.testmod(sktransfer.model_selection)
+    assert result.attempted >= 2 and result.failed == 0
