@@ -8,10 +8,12 @@ stratified held-out test set:
 * StandardScaler + LogisticRegression on frozen Lite0 embeddings, for the last feature map
   (``layer=None``, the extractor's old default), ``"stage5"`` and ``layer="auto"`` (the default);
 * ``FineTuneClassifier(image_size=..., random_state=0)``: nothing else set;
+* ``FineTuneClassifier(image_size=..., head_hidden=(1024,), random_state=0)`` (a hidden layer in
+  the new head), for n <= ``--hidden-max-n``;
 * skorch ``NeuralNetClassifier`` on the same Lite0 network (whole backbone, AdamW lr 1e-3, batch
   32, 10 epochs, no validation split), for n <= ``--skorch-max-n`` (its cost grows with n).
 
-Small n are averaged over ``--repeats`` stratified draws. Usage::
+Training sets of n <= ``--repeat-max-n`` images are averaged over ``--repeats`` stratified draws. Usage::
 
     python benchmarks/few_shot.py [--sets digits photo_crops faces] [--sizes 32 64]
         [--repeats 3] [--figure docs/figures/few_shot.png]
@@ -38,11 +40,11 @@ TEST = {"digits": 500, "photo_crops": 500, "faces": 80}
 FROZEN_LAYERS = {"last map (layer=None)": None, "stage5": "stage5", "auto (default)": "auto"}
 
 
-def draws(y_pool, n, repeats):
+def draws(y_pool, n, repeats, repeat_max_n):
     if n is None or n >= len(y_pool):
         return [np.arange(len(y_pool))]
     return [train_test_split(np.arange(len(y_pool)), train_size=n, stratify=y_pool, random_state=s)[0]
-            for s in range(repeats if n <= 50 else 1)]
+            for s in range(repeats if n <= repeat_max_n else 1)]
 
 
 def as_unit(X):
@@ -75,7 +77,7 @@ def skorch_fit_score(Xtr, ytr, Xte, yte, size, n_classes, epochs=10):
     return float((net.predict(ready(Xte)) == yte).mean())
 
 
-def curve(name, size, repeats, skorch_max_n):
+def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n):
     X, y = SETS[name]()
     Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=0)
     flat = lambda a: as_unit(a).reshape(len(a), -1)  # noqa: E731
@@ -85,7 +87,7 @@ def curve(name, size, repeats, skorch_max_n):
         embeddings[label] = (ext.transform(Xp), ext.transform(Xt), ext.layers_[0][0])
     rows = []
     for n in SIZES[name]:
-        idxs = draws(yp, n, repeats)
+        idxs = draws(yp, n, repeats, repeat_max_n)
         row = {"n": len(idxs[0]), "draws": len(idxs)}
         row["raw pixels + LR"] = np.mean([
             LogisticRegression(max_iter=1000).fit(flat(Xp[i]), yp[i]).score(flat(Xt), yt) for i in idxs])
@@ -102,6 +104,10 @@ def curve(name, size, repeats, skorch_max_n):
         row["FineTuneClassifier (defaults)"] = np.mean(scores)
         row["fit s"] = np.mean(seconds)
         row["layer_"] = clf.layer_
+        if hidden_max_n and row["n"] <= hidden_max_n:
+            row["FineTune head_hidden=(1024,)"] = np.mean([
+                FineTuneClassifier(image_size=size, head_hidden=(1024,), random_state=0).fit(Xp[i], yp[i])
+                .score(Xt, yt) for i in idxs])
         if skorch_max_n and row["n"] <= skorch_max_n:
             row["skorch, 10 epochs"] = np.mean([
                 skorch_fit_score(Xp[i], yp[i], Xt, yt, size, len(np.unique(y))) for i in idxs])
@@ -160,14 +166,17 @@ def main():
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeat-max-n", type=int, default=100, help="average draws up to this n")
     parser.add_argument("--skorch-max-n", type=int, default=200)
+    parser.add_argument("--hidden-max-n", type=int, default=100, help="head_hidden=(1024,) up to this n")
     parser.add_argument("--figure", default=None)
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     results = {}
     for name in args.sets:
         for size in args.sizes:
-            rows, auto_layer, n_test = curve(name, size, args.repeats, args.skorch_max_n)
+            rows, auto_layer, n_test = curve(name, size, args.repeats, args.repeat_max_n, args.skorch_max_n,
+                                             args.hidden_max_n)
             table(name, size, rows, auto_layer, n_test)
             results[(name, size)] = rows
     if args.figure:

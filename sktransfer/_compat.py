@@ -15,7 +15,8 @@ import importlib
 import sys
 
 # values of parameters added in 0.2 that reproduce what estimators did before them
-EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update"}
+EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update",
+                     "head_hidden": None}
 EARLIER_FITTED = {"layer_": "embedding", "bn_stats_": "update"}
 
 # module of 0.1 -> where its picklable classes live now

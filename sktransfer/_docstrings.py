@@ -32,11 +32,13 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     backbone_lr_scale : float or "auto", default="auto"
         Backbone learning rate relative to ``lr`` (e.g. 0.1 for a gentler update
         of the pretrained weights). ``"auto"``: 0.3 when the training set holds
-        fewer than 10 batches, else 1.0 (``backbone_lr_scale_`` tells which).
-        With few images a full-rate backbone drifts from features on which the
-        solved head was already good (photograph crops, 50 images at 64 px:
-        0.77 at 1.0, 0.84 at 0.3); images far from ImageNet (digits) lost
-        little at 0.3.
+        fewer than 10 batches and ``image_size`` is more than a quarter of the
+        backbone's native size, else 1.0 (``backbone_lr_scale_`` tells which).
+        With few images near the native scale, a full-rate backbone drifts from
+        features on which the solved head was already good (photograph crops,
+        50 images at 64 px: 0.80 at 1.0, 0.82 at 0.3); at 32 px (a seventh of
+        Lite0's 224) the pretrained features are weaker and the full rate
+        measured better on all three image sets of ``benchmarks/few_shot.py``.
     layer_decay : float or None, default=None
         Layer-wise learning-rate decay: stage ``i`` of ``n`` gets an extra
         factor ``layer_decay ** (n - 1 - i)``.
@@ -65,6 +67,13 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         regressor, on standardised features), so that fine-tuning starts where
         a linear probe ends and the backbone receives no random gradients.
         ``"random"``: PyTorch's default initialisation.
+    head_hidden : int, sequence of int or None, default=None
+        Hidden layers in the new head: ``(1024,)`` makes it Linear(1024) ->
+        ReLU -> Dropout -> Linear, as in the classic "Flatten -> Dense(1024)
+        -> softmax" recipe. With ``head_init="solve"`` the hidden layers keep
+        their random initialisation (fed standardised features) and the last
+        layer is solved on their activations. ``None``: one linear layer,
+        which measured as well or better with few images (docs/benchmarks.md).
     min_steps : int, default=%(min_steps)s
         Train for at least this many optimizer steps: ``max(max_epochs,
         ceil(min_steps / steps per epoch))`` epochs. Few images make short

@@ -26,7 +26,7 @@ from ._inference import predict_images
 from ._persistence import SaveMixin
 from ._targets import check_y, task_weight_array
 from ._validation import Device, Number, Pattern, PixelRange
-from .backbones._cut import AUTO, EMBEDDING, cut_backbone, resolve_layer, stage_index
+from .backbones._cut import AUTO, EMBEDDING, cut_at_layer
 from .backbones._loading import load_backbone
 from .backbones._pooling import POOLINGS, pool
 from .data._augment import resolve_augment
@@ -42,7 +42,7 @@ from .training._freezing import (
 )
 from .training._fusion import fuse
 from .training._head_init import HEAD_INITS, solve_head
-from .training._network import TransferNet
+from .training._network import TransferNet, hidden_sizes
 from .training._optim import OPTIMIZERS, SCHEDULES
 from .training._penalties import REGULARIZATIONS, WeightPenalty
 from .training._trainer import Phase, Trainer, TrainSettings, holdout_split
@@ -71,6 +71,7 @@ FINETUNE_CONSTRAINTS = {
     "layer": [StrOptions({AUTO, EMBEDDING}), Pattern(r"stage\d+", "'stageK' (the backbone cut after stage K)"),
               None],
     "head_init": [StrOptions(set(HEAD_INITS))],
+    "head_hidden": ["array-like", _POSITIVE_INT, None],
     "min_steps": [_NON_NEGATIVE_INT],
     "bn_stats": [StrOptions(set(BN_STATS))],
     "augment": [StrOptions({"default", "flip"}), "boolean", callable, None],
@@ -100,7 +101,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
 
     def __init__(self, *, backbone, weights, freeze_depth, reg_lambda, regularization, max_epochs, batch_size,
                  lr, optimizer, lr_schedule, backbone_lr_scale, layer_decay, weight_decay, dropout, pooling,
-                 layer, head_init, min_steps, bn_stats, augment, early_stopping, validation_fraction,
+                 layer, head_init, head_hidden, min_steps, bn_stats, augment, early_stopping, validation_fraction,
                  n_iter_no_change, linear_probe_epochs, fusion_alpha, task_weights, image_size, input_shape,
                  pixel_range, preprocessing, device, num_workers, checkpoint_dir, random_state, verbose,
                  warm_start):
@@ -122,6 +123,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         self.pooling = pooling
         self.layer = layer
         self.head_init = head_init
+        self.head_hidden = head_hidden
         self.min_steps = min_steps
         self.bn_stats = bn_stats
         self.augment = augment
@@ -204,7 +206,7 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
     def _adopt(self, fitted):
         """Take the fitted attributes of a checkpoint's estimator."""
         for key, value in vars(fitted).items():
-            if key.endswith("_") and not key.startswith("_"):
+            if (key.endswith("_") and not key.startswith("_")) or key == "_native_size":
                 setattr(self, key, value)
         self._pretrained = None
         self._partial_optimizer = None
@@ -245,18 +247,10 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
     def _build(self, device):
         """``net_``: the backbone (cut at ``layer``), pooling, dropout and a new head."""
         backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
+        self._native_size = backbone.preprocessing.image_size
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
         size = self.preprocessing_.image_size
-        layer = resolve_layer(backbone, self.layer, size)
-        stage = None if layer in (None, EMBEDDING) else stage_index(layer, len(backbone.stages))
-        if layer not in (None, EMBEDDING) and stage is None:
-            raise ValueError(
-                f"layer={self.layer!r}: backbone {backbone.name!r} has stages stage0 ... "
-                f"stage{len(backbone.stages) - 1}."
-            )
-        if stage is not None:
-            backbone = cut_backbone(backbone, stage, size)
-        self.layer_ = EMBEDDING if stage is None else layer
+        backbone, self.layer_ = cut_at_layer(backbone, self.layer, size)
         self.n_frozen_stages_ = check_freeze_depth(self.freeze_depth, len(backbone.stages))
         # the pretrained weights are kept during fit only when L2-SP or fusion needs them
         self._pretrained = _state_copy(backbone.model) if self._needs_anchor() else None
@@ -264,7 +258,8 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
         with torch.inference_mode():
             probe = prepare_batch(torch.zeros(1, 3, size, size), self.preprocessing_, torch.device("cpu"))
             n_features = pool(backbone.forward_features(probe), self.pooling).shape[1]
-        net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout)
+        net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout,
+                          hidden_sizes(self.head_hidden))
         self.net_ = net.to(device)
         self._partial_optimizer = None
 
@@ -295,7 +290,9 @@ class BaseFineTune(SaveMixin, BaseEstimator, register=False):
     def _resolve_few_image_settings(self, n_train):
         """``bn_stats_`` and ``backbone_lr_scale_`` for a training set of ``n_train`` images."""
         self.bn_stats_ = resolve_bn_stats(self.bn_stats, n_train, self.batch_size)
-        self.backbone_lr_scale_ = resolve_backbone_lr_scale(self.backbone_lr_scale, n_train, self.batch_size)
+        self.backbone_lr_scale_ = resolve_backbone_lr_scale(
+            self.backbone_lr_scale, n_train, self.batch_size, self.preprocessing_.image_size,
+            getattr(self, "_native_size", None))
 
     def _solve_head(self, data, train_idx, y_enc, w, device):
         """Start the head as a linear model solved on the frozen features (``training/_head_init``)."""

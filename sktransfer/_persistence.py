@@ -85,8 +85,8 @@ class _Encoder:
         if isinstance(value, TransferNet):
             recipe = {
                 "backbone": _backbone_recipe(value.backbone, path),
-                "n_features": value.head.in_features, "n_outputs": value.head.out_features,
-                "pooling": value.pooling, "dropout": value.dropout.p,
+                "n_features": value.n_features, "n_outputs": value.head.out_features,
+                "pooling": value.pooling, "dropout": value.dropout.p, "hidden": list(value.hidden_sizes),
             }
             return {"__transfer_net__": recipe, "tensors": self.module(value, path)}
         raise _Unsupported(path)
@@ -180,7 +180,7 @@ class _Decoder:
         if "__transfer_net__" in value:
             recipe = value["__transfer_net__"]
             net = TransferNet(_rebuild_backbone(recipe["backbone"]), recipe["n_features"],
-                              recipe["n_outputs"], recipe["pooling"], recipe["dropout"])
+                              recipe["n_outputs"], recipe["pooling"], recipe["dropout"], recipe.get("hidden", ()))
             _load_state(net, self.tensors(value["tensors"]), value["tensors"])
             return net.eval()
         raise ValueError(f"Unknown tagged value in the file: {sorted(value)}.")

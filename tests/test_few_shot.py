@@ -108,6 +108,40 @@ def test_solved_head_is_the_linear_probe_of_the_frozen_features(digits):
     assert random.score(Xt, yt) < 0.5 < clf.score(Xt, yt)
 
 
+def test_hidden_head_solves_its_last_layer_on_the_hidden_activations(digits, tmp_path):
+    """head_hidden=(64,): Linear -> ReLU -> Dropout -> Linear; the last layer is the linear probe
+    of the (random) hidden layer's activations, and the network saves, loads and pickles."""
+    _, X_all, y_all = digits
+    X, y, Xt = X_all[:90], y_all[:90], X_all[200:260]
+    clf = FineTuneClassifier(
+        image_size=32, freeze_depth="all", lr=1e-12, max_epochs=1, min_steps=0, augment=False,
+        head_hidden=(64,), random_state=0,
+    ).fit(X, y)
+    assert clf.net_.hidden_sizes == (64,) and clf.net_.head.in_features == 64
+    ext = PretrainedFeatureExtractor(image_size=32, layer="stage3", cache=False).fit(X)
+    with torch.no_grad():
+        hidden = clf.net_.hidden.eval()
+        H, Ht = (hidden(torch.as_tensor(ext.transform(a))).double().numpy() for a in (X, Xt))
+    assert (H > 0).mean() > 0.2  # standardised inputs keep the ReLUs alive
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, tol=1e-10, max_iter=10000)).fit(H, y)
+    np.testing.assert_allclose(clf.predict_proba(Xt), probe.predict_proba(Ht), atol=2e-3)
+    clf.save(tmp_path / "hidden.skt")
+    np.testing.assert_array_equal(load(tmp_path / "hidden.skt").predict_proba(Xt), clf.predict_proba(Xt))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(Xt), clf.predict_proba(Xt))
+    trained = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=4, head_hidden=16, random_state=0)
+    before = trained.fit(X, y).net_.hidden[0].weight.detach().clone()
+    assert trained.net_.hidden_sizes == (16,)
+    trained.set_params(min_steps=8).fit(X, y)
+    assert not torch.equal(before, trained.net_.hidden[0].weight)  # the hidden layer trains
+
+
+@pytest.mark.parametrize("bad", [(0,), (64, -1), ("wide",), (1.5,)])
+def test_head_hidden_refuses_what_is_not_positive_widths(digits, bad):
+    _, X, y = digits
+    with pytest.raises(ValueError, match="head_hidden"):
+        FineTuneClassifier(image_size=32, max_epochs=1, head_hidden=bad).fit(X[:20], y[:20])
+
+
 def test_solved_head_for_regression_is_ridge(digits):
     _, X, y = digits
     target = y[:80].astype(float) * 3 + 1
@@ -235,6 +269,14 @@ def test_bn_stats_pretrained_keeps_the_running_statistics_while_weights_train(di
     assert not any(torch.equal(update[k], pretrained[k]) for k in stats if k.startswith("blocks.2."))
 
 
+def test_backbone_rate_auto_follows_the_image_size_with_few_images(digits):
+    _, X, y = digits
+    clf = FineTuneClassifier(max_epochs=1, min_steps=0, random_state=0)
+    assert clf.set_params(image_size=64).fit(X[:30], y[:30]).backbone_lr_scale_ == 0.3
+    assert clf.set_params(image_size=32).fit(X[:30], y[:30]).backbone_lr_scale_ == 1.0
+    assert clf.set_params(backbone_lr_scale=0.5).fit(X[:30], y[:30]).backbone_lr_scale_ == 0.5
+
+
 @pytest.mark.parametrize("n, batch_size, expected", [(319, 32, "pretrained"), (320, 32, "update"),
                                                       (90, 8, "update")])
 def test_bn_stats_auto_depends_on_the_number_of_batches(n, batch_size, expected):
@@ -246,4 +288,8 @@ def test_bn_stats_auto_depends_on_the_number_of_batches(n, batch_size, expected)
     assert resolve_bn_stats("auto", n, batch_size) == expected
     assert resolve_bn_stats("update", 5, 32) == "update"
     assert resolve_backbone_lr_scale("auto", n, batch_size) == (0.3 if expected == "pretrained" else 1.0)
+    assert resolve_backbone_lr_scale("auto", n, batch_size, 64, 224) == (0.3 if expected == "pretrained" else 1.0)
+    # at a quarter of the native size or less, the backbone learns at the full rate with few images too
+    assert resolve_backbone_lr_scale("auto", n, batch_size, 56, 224) == 1.0
     assert resolve_backbone_lr_scale(0.5, 5, 32) == 0.5
+    assert resolve_backbone_lr_scale(0.5, 5, 32, 32, 224) == 0.5

@@ -18,7 +18,7 @@ import torch
 from ._backbone import Backbone
 from ._chain import ChainFamily, module_chain
 from ._hooks import record
-from ._layer_outputs import EMBEDDING  # noqa: F401 - layer_ of an uncut backbone
+from ._layer_outputs import EMBEDDING  # layer_ of an uncut backbone
 
 AUTO = "auto"
 AUTO_MIN_SIDE = 4
@@ -80,6 +80,20 @@ def resolve_layer(backbone, layer, image_size):
         stage = auto_stage(backbone, image_size)
         return None if stage is None else f"stage{stage}"
     return layer
+
+
+def cut_at_layer(backbone, layer, image_size):
+    """``(backbone cut at layer, layer_)`` for a fine-tuning estimator's ``layer`` parameter:
+    ``"auto"`` resolved at ``image_size``; ``None`` or ``"embedding"``: the whole backbone."""
+    resolved = resolve_layer(backbone, layer, image_size)
+    if resolved in (None, EMBEDDING):
+        return backbone, EMBEDDING
+    stage = stage_index(resolved, len(backbone.stages))
+    if stage is None:
+        raise ValueError(
+            f"layer={layer!r}: backbone {backbone.name!r} has stages stage0 ... stage{len(backbone.stages) - 1}."
+        )
+    return cut_backbone(backbone, stage, image_size), resolved
 
 
 def cut_backbone(backbone, stage, image_size=None):

@@ -22,7 +22,7 @@ def check_freeze_depth(freeze_depth, n_stages):
 BN_STATS = ("auto", "pretrained", "update")
 # "auto" settings treat a training set of fewer batches than this as few images
 FEW_BATCHES = 10
-# backbone_lr_scale="auto": few images, and many
+# backbone_lr_scale="auto": few images near the native size, and otherwise
 AUTO_BACKBONE_LR_SCALE = (0.3, 1.0)
 
 
@@ -38,11 +38,17 @@ def resolve_bn_stats(bn_stats, n_train, batch_size):
     return "pretrained" if few_images(n_train, batch_size) else "update"
 
 
-def resolve_backbone_lr_scale(scale, n_train, batch_size):
-    """``"auto"`` -> 0.3 with few images, else 1.0."""
+def resolve_backbone_lr_scale(scale, n_train, batch_size, image_size=None, native_size=None):
+    """``"auto"`` -> 0.3 with few images at sizes near the backbone's native one, else 1.0.
+
+    Images at a quarter of the native size or less (32 px for a 224 px
+    backbone) keep 1.0 with few images too: the pretrained filters see them far
+    from the scale they were trained at, and measured better adapted at the full rate.
+    """
     if not (isinstance(scale, str) and scale == "auto"):
         return float(scale)
-    return AUTO_BACKBONE_LR_SCALE[0 if few_images(n_train, batch_size) else 1]
+    small = image_size is not None and native_size is not None and image_size * 4 <= native_size
+    return AUTO_BACKBONE_LR_SCALE[0 if few_images(n_train, batch_size) and not small else 1]
 
 
 def freeze(net, n_frozen, bn_stats="update"):

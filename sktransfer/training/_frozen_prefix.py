@@ -70,7 +70,7 @@ class SuffixNet(nn.Module):
 
     def forward(self, x):
         net = self.net
-        return net.head(net.dropout(pool(self.suffix(x), net.pooling)))
+        return net.classify(pool(self.suffix(x), net.pooling))
 
     def train(self, mode=True):
         # frozen BatchNorm layers stay in eval mode, as in the full network
@@ -116,12 +116,12 @@ class HeadOnly(nn.Module):
         self.net = net
 
     def forward(self, features):
-        return self.net.head(self.net.dropout(features))
+        return self.net.classify(features)
 
     def train(self, mode=True):
         # the backbone stays in eval mode: only dropout and the head train
-        self.net.dropout.train(mode)
-        self.net.head.train(mode)
+        for module in self.net.head_modules():
+            module.train(mode)
         self.training = mode
         return self
 

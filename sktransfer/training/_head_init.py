@@ -81,11 +81,31 @@ def set_head(head, coef, bias, mean, scale):
 
 def solve_head(net, data, train_idx, y_enc, w, device, batch_size, solver):
     """Set ``net.head`` to ``solver(Z, y, w) -> (coef, bias)`` solved on the standardised
-    frozen features of the images at ``train_idx``."""
+    frozen features of the images at ``train_idx`` (with ``net.hidden`` layers: on their
+    activations, the hidden layers random and fed standardised features)."""
     features = precompute(net.features, net, data, device, batch_size, train_idx)
+    if len(net.hidden):
+        features = _through_hidden(net.hidden, features)
     z, mean, scale = standardise(features)
     coef, bias = solver(z, y_enc[train_idx], torch.as_tensor(w[train_idx]))
     set_head(net.head, coef, bias, mean, scale)
+
+
+def _through_hidden(hidden, features):
+    """Hidden layers (kept at their random initialisation) fed standardised features: the first
+    layer takes the standardisation into its weights; returns their activations (no dropout)."""
+    _, mean, scale = standardise(features)
+    first = hidden[0]
+    mean, scale = mean.to(first.weight.device), scale.to(first.weight.device)
+    with torch.no_grad():
+        weight = first.weight.double() / scale
+        first.bias.copy_((first.bias.double() - weight @ mean).to(first.bias.dtype))
+        first.weight.copy_(weight.to(first.weight.dtype))
+        was_training = hidden.training
+        hidden.eval()
+        out = hidden(features.to(first.weight.device, first.weight.dtype)).cpu()
+        hidden.train(was_training)
+    return out
 
 
 def solve_logistic_per_task(z, y_enc, w, splits):

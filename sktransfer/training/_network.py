@@ -1,14 +1,17 @@
-"""The network a fine-tuned estimator trains: backbone -> pooling -> dropout -> new head."""
+"""The network a fine-tuned estimator trains: backbone -> pooling -> dropout -> [hidden] -> head."""
 
 from __future__ import annotations
 
+from numbers import Integral
+
+import numpy as np
 from torch import nn
 
 from ..backbones._pooling import pool
 
 
 class TransferNet(nn.Module):
-    """A pretrained :class:`~sktransfer.Backbone` with a new linear head.
+    """A pretrained :class:`~sktransfer.Backbone` with a new head.
 
     Parameters
     ----------
@@ -19,18 +22,59 @@ class TransferNet(nn.Module):
         Width of the new head (number of classes).
     pooling : str or None
     dropout : float
-        Dropout before the head.
+        Dropout before the head (and after each hidden layer).
+    hidden : tuple of int, default=()
+        Widths of hidden layers (Linear -> ReLU -> Dropout) before the final
+        linear layer ``head``; empty: the head is one linear layer.
     """
 
-    def __init__(self, backbone, n_features, n_outputs, pooling="avg", dropout=0.0):
+    def __init__(self, backbone, n_features, n_outputs, pooling="avg", dropout=0.0, hidden=()):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
+        self.n_features = int(n_features)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(n_features, n_outputs)
+        layers, width = [], self.n_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        self.hidden = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_outputs)
+
+    @property
+    def hidden_sizes(self):
+        return tuple(m.out_features for m in self.hidden if isinstance(m, nn.Linear))
 
     def features(self, x):
         return pool(self.backbone.forward_features(x), self.pooling)
 
+    def classify(self, features):
+        """The new head (dropout, hidden layers, last linear layer) on pooled features."""
+        return self.head(self.hidden(self.dropout(features)))
+
+    def head_modules(self):
+        """The modules of the new head, trained at the head's learning rate."""
+        return [self.dropout, self.hidden, self.head]
+
     def forward(self, x):
-        return self.head(self.dropout(self.features(x)))
+        return self.classify(self.features(x))
+
+    def __setstate__(self, state):
+        # networks pickled before hidden layers existed
+        super().__setstate__(state)
+        if "hidden" not in self._modules:
+            self._modules["hidden"] = nn.Sequential()
+        self.__dict__.setdefault("n_features", self.head.in_features)
+
+
+def hidden_sizes(head_hidden):
+    """``head_hidden`` parameter (None, an int or a sequence of ints) -> tuple of widths."""
+    if head_hidden is None:
+        return ()
+    sizes = [head_hidden] if np.ndim(head_hidden) == 0 else list(np.asarray(head_hidden, dtype=object).ravel())
+    if not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(
+            f"head_hidden must be None, a positive int or a sequence of positive ints (the widths of "
+            f"hidden layers in the new head, e.g. (1024,)); got {head_hidden!r}."
+        )
+    return tuple(int(s) for s in sizes)

@@ -17,7 +17,7 @@ def make_optimizer(net, name, lr, weight_decay, backbone_lr_scale=1.0, layer_dec
     Backbone groups get ``lr * backbone_lr_scale * layer_decay ** (depth from the top)``
     and no optimizer weight decay (their regulariser is ``reg_lambda``).
     """
-    groups = [{"params": [p for p in net.head.parameters()], "lr": lr, "weight_decay": weight_decay}]
+    groups = [{"params": [p for m in net.head_modules() for p in m.parameters()], "lr": lr, "weight_decay": weight_decay}]
     stages = net.backbone.stages
     model = net.backbone.model
     n = len(stages)
