@@ -128,11 +128,11 @@ class AdaptationMixin:
             return [lambda net: PseudoLabelTerm(weight)]
         return []
 
-    def _adapt_statistics(self, data, target_idx, device):
-        """AdaBN after training: BatchNorm statistics of the target images."""
+    def _adapt_statistics(self, data, target_idx, source_idx, device):
+        """AdaBN after training: BatchNorm statistics that map the target images onto the source's."""
         if self._adaptation_method() == "adabn" and len(target_idx):
             with torch.no_grad():
-                adapt_batchnorm(self.net_.backbone, data, target_idx, device, self.batch_size)
+                adapt_batchnorm(self.net_.backbone, data, target_idx, device, self.batch_size, source_idx)
 
     def _embed(self, X):
         """Pooled backbone features of images ``X`` (what the head sees), for ``sktransfer.metrics``."""

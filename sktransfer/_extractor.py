@@ -117,12 +117,10 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     verbose : int, default=0
         ``>0`` shows a tqdm progress bar over images.
     adapt_bn : bool, default=False
-        AdaBN: at ``fit``, the backbone's BatchNorm layers take the mean and
-        variance of their inputs over the images seen there (Li et al., 2018),
-        so that ``make_pipeline(extractor, model)`` normalises features with
-        the statistics of the data it is fitted on (a scanner, a camera, a
-        contrast the pretrained statistics never saw). The extractor then
-        embeds every later image with those statistics.
+        AdaBN (Li et al., 2018): at ``fit``, the backbone's BatchNorm layers
+        take the mean and variance of their inputs over the images seen there,
+        and embed every later image with them (a scanner, a camera, a contrast
+        the pretrained statistics never saw).
 
     Attributes
     ----------
@@ -245,12 +243,8 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
         size = self.preprocessing_.image_size
         self.layers_ = resolve_layers(backbone, resolve_layer(backbone, self.layer, size))
-        if self.adapt_bn:  # AdaBN: the BatchNorm statistics of the images seen here
-            source.pixel_range = self.pixel_range_
-            device = resolve_device(self.device)
-            data = PreparedImages(source, self.preprocessing_, device, True,
-                                  resolve_num_workers(self.num_workers, source, self.batch_size))
-            adapt_batchnorm(backbone.to(device), data, np.arange(len(source)), device, self.batch_size)
+        if self.adapt_bn:
+            _adapt_batchnorm(self, source)
         probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
         self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
         self.n_features_out_ = sum(self.layer_widths_)
@@ -288,8 +282,8 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         if module_device(self.backbone_) != device:
             self.backbone_.to(device)
         runner = None
-        if layers is None and self._wants_optimized(device, len(source)):
-            runner = self._optimized_runner()
+        if layers is None and _wants_optimized(self.optimize, device, len(source)):
+            runner = _optimized_runner(self)
         if runner is None:
             plan = layers or self.layers_
 
@@ -300,19 +294,6 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             runner, source, self.preprocessing_, device, self.batch_size, channels_last=True, progress=bar,
             num_workers=resolve_num_workers(self.num_workers, source, self.batch_size),
         )
-
-    def _wants_optimized(self, device, n_images):
-        if device.type != "cpu" or self.optimize is False:
-            return False
-        return self.optimize is True or n_images >= OPTIMIZE_MIN_IMAGES
-
-    def _optimized_runner(self):
-        """The traced module, built once per fit (never pickled)."""
-        if not hasattr(self, "_optimized"):
-            self._optimized = optimize_for_cpu(
-                self.backbone_, self.layers_, self.pooling, self.preprocessing_.image_size
-            )
-        return self._optimized
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``"<layer>_<i>"``.
@@ -348,4 +329,28 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
 
     _doc_link_template = DOCS_URL
     _doc_link_module = "sktransfer"
+
+
+def _wants_optimized(optimize, device, n_images):
+    if device.type != "cpu" or optimize is False:
+        return False
+    return optimize is True or n_images >= OPTIMIZE_MIN_IMAGES
+
+
+def _optimized_runner(extractor):
+    """The traced module, built once per fit (never pickled)."""
+    if not hasattr(extractor, "_optimized"):
+        extractor._optimized = optimize_for_cpu(
+            extractor.backbone_, extractor.layers_, extractor.pooling, extractor.preprocessing_.image_size
+        )
+    return extractor._optimized
+
+
+def _adapt_batchnorm(extractor, source):
+    """AdaBN at ``fit``: the backbone's BatchNorm statistics of the images ``source``."""
+    source.pixel_range = extractor.pixel_range_
+    device = resolve_device(extractor.device)
+    workers = resolve_num_workers(extractor.num_workers, source, extractor.batch_size)
+    data = PreparedImages(source, extractor.preprocessing_, device, True, workers)
+    adapt_batchnorm(extractor.backbone_.to(device), data, np.arange(len(source)), device, extractor.batch_size)
 

@@ -342,7 +342,7 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
         self.best_epoch_ = trainer.restore_best()
         if self.fusion_alpha < 1.0:
             fuse(self.net_.backbone.model, self._anchor_state(), self.fusion_alpha)
-        self._adapt_statistics(data, target_idx, device)
+        self._adapt_statistics(data, target_idx, train_idx, device)
         self.n_epochs_ = len(self.history_)
         self.net_.eval()
         if checkpointer is not None and finished:

@@ -64,16 +64,14 @@ class UnlabelledKFold(_BaseKFold):
 
     Examples
     --------
-    >>> import warnings
-
-import numpy as np
+    >>> import numpy as np
     >>> from sktransfer.model_selection import UnlabelledKFold
     >>> y = np.array([0, 1, 0, 1, 0, 1, -1, -1])
-    >>> for train, test in UnlabelledKFold(n_splits=3).split(np.zeros(8), y):
-    ...     print(train, test)
-    [2 3 4 5 6 7] [0 1]
-    [0 1 4 5 6 7] [2 3]
-    [0 1 2 3 6 7] [4 5]
+    >>> folds = list(UnlabelledKFold(n_splits=3).split(np.zeros(8), y))
+    >>> [test.tolist() for _, test in folds]
+    [[0, 1], [2, 3], [4, 5]]
+    >>> all({6, 7} <= set(train.tolist()) for train, _ in folds)
+    True
     """
 
     __metadata_request__split = {"sample_domain": True}

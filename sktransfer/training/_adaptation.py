@@ -143,51 +143,76 @@ class PseudoLabelTerm(_Term):
         return self._done(loss * min(1.0, 2.0 * float(step.progress)))
 
 
-def adapt_batchnorm(backbone, data, indices, device, batch_size):
-    """AdaBN: every BatchNorm layer of ``backbone`` gets the mean and variance of its
-    inputs over the images at ``indices``.
+def adapt_batchnorm(backbone, data, indices, device, batch_size, source_indices=None):
+    """AdaBN: map the target images' BatchNorm inputs onto the source's.
 
-    One pass over the images, the BatchNorm layers normalising with their batch
-    statistics (so that each layer sees inputs already normalised for the target
-    images); each layer's input sums are accumulated over all images, so its new
-    statistics are those of the whole set, whatever the batch sizes.
+    Each BatchNorm layer normalises with running statistics ``(m, v)``. For
+    inputs of mean ``mu_t`` and std ``s_t`` on the target images (``indices``)
+    and ``mu_s``, ``s_s`` on the source images (``source_indices``; without
+    them, the layer's own statistics: a pretrained network's source), the layer
+    gets the statistics that standardise target inputs as the source ones were,
+    ``m' = mu_t - (mu_s - m) s_t / s_s`` and ``sqrt(v' + eps) = s_t sqrt(v + eps) / s_s``
+    (classic AdaBN, ``m' = mu_t``, ``v' = s_t^2``, when ``(m, v)`` are the source's).
+    The target pass goes through the layers in order, each already adapted with
+    its batch's statistics, so deeper layers see adapted inputs; the statistics
+    set at the end are those of all the target images, whatever the batch sizes.
     """
     norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     indices = np.asarray(indices)
     if not norms or len(indices) == 0:
         return
-    if len(indices) == 1:  # a batch of one cannot be normalised; two copies have the same statistics
+    if len(indices) == 1:  # a batch of one has no spread; two copies have the same statistics
         indices = np.repeat(indices, 2)
+    saved = {m: (m.running_mean.double().clone(), (m.running_var.double() + m.eps).sqrt()) for m in norms}
+    source = _input_moments(backbone, norms, data, source_indices, device, batch_size) if source_indices is not None \
+        and len(source_indices) else {m: (mean, std) for m, (mean, std) in saved.items()}
+
+    def adapted(module, mean_t, std_t):
+        mean, std = saved[module]
+        mean_s, std_s = source[module]
+        return mean_t - (mean_s - mean) * std_t / std_s, std_t * std / std_s
+
+    def set_stats(module, mean_t, std_t):
+        new_mean, new_std = adapted(module, mean_t, std_t)
+        module.running_mean.copy_(new_mean.to(module.running_mean.dtype))
+        module.running_var.copy_((new_std.pow(2) - module.eps).clamp(min=0).to(module.running_var.dtype))
+
+    target = _input_moments(backbone, norms, data, indices, device, batch_size, on_batch=set_stats)
+    with torch.no_grad():
+        for m in norms:
+            set_stats(m, *target[m])
+    backbone.eval()
+
+
+def _input_moments(backbone, norms, data, indices, device, batch_size, on_batch=None):
+    """Per-channel mean and std (``sqrt(var + eps)``) of each BatchNorm layer's inputs over the
+    images at ``indices``, the network in eval mode; ``on_batch(module, mean, std)`` is called
+    with each batch's moments before the layer runs on it."""
     sums = {}
 
     def accumulate(module, inputs):
-        x = inputs[0].detach().float()
+        x = inputs[0].detach().double()
         dims = [d for d in range(x.dim()) if d != 1]
         count = x.numel() // x.shape[1]
         total, squares, n = sums.get(module, (0.0, 0.0, 0))
-        sums[module] = (total + x.sum(dims), squares + x.pow(2).sum(dims), n + count)
+        batch_sum, batch_squares = x.sum(dims), x.pow(2).sum(dims)
+        sums[module] = (total + batch_sum, squares + batch_squares, n + count)
+        if on_batch is not None:
+            on_batch(module, *_moments(module, batch_sum, batch_squares, count))
 
     hooks = [m.register_forward_pre_hook(accumulate) for m in norms]
-    modes = [m.training for m in norms]
     backbone.eval()
-    for m in norms:
-        m.train()
     try:
         with torch.no_grad():
             for batch in batch_indices(len(indices), batch_size, None):
-                backbone.forward_features(data.batch(indices[batch]).to(device))
+                backbone.forward_features(data.batch(np.asarray(indices)[batch]).to(device))
     finally:
         for hook in hooks:
             hook.remove()
-        for m, mode in zip(norms, modes):
-            m.train(mode)
-        backbone.eval()
-    with torch.no_grad():
-        for m in norms:
-            total, squares, n = sums[m]
-            mean = total / n
-            var = (squares / n - mean.pow(2)).clamp(min=0) * (n / max(n - 1, 1))  # unbiased, as BatchNorm keeps
-            m.running_mean.copy_(mean.to(m.running_mean.dtype))
-            m.running_var.copy_(var.to(m.running_var.dtype))
-            if m.num_batches_tracked is not None:
-                m.num_batches_tracked.add_(1)
+    return {m: _moments(m, *sums[m]) for m in norms}
+
+
+def _moments(module, total, squares, n):
+    mean = total / n
+    var = (squares / n - mean.pow(2)).clamp(min=0) * (n / max(n - 1, 1))  # unbiased, as BatchNorm keeps
+    return mean, (var + module.eps).sqrt()
