@@ -42,20 +42,6 @@ AUTO_ADAPTATION = "coral"
 _BATCH_METHODS = ("coral", "dann", "pseudo_label")
 
 
-def target_rows(sample_domain, n):
-    """Mask of the target rows given by ``sample_domain`` (negative ids), or None."""
-    if sample_domain is None:
-        return None
-    domain = np.asarray(sample_domain)
-    if domain.shape != (n,) or domain.dtype.kind not in "iu" or np.any(domain == 0):
-        raise ValueError(
-            f"sample_domain must hold one non-zero integer domain id per row ({n} rows): positive for "
-            f"labelled source domains, negative for unlabelled target domains (skada's convention); got "
-            f"shape {domain.shape}, dtype {domain.dtype}."
-        )
-    return domain < 0
-
-
 def with_unlabelled(y_known, unlabelled):
     """Encoded targets of the labelled rows, spread over all rows: ``-1`` (classes) or NaN
     (values) on the unlabelled ones."""

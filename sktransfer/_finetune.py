@@ -22,10 +22,10 @@ from torch import nn
 from ._compat import earlier_finetune_state
 from ._device import cpu_copy, cpu_state, resolve_device
 from ._docstrings import DOCS_URL
-from ._domain import AdaptationMixin, target_rows, with_unlabelled
+from ._domain import AdaptationMixin, with_unlabelled
 from ._inference import predict_images
 from ._persistence import SaveMixin
-from ._targets import check_y, task_weight_array
+from ._targets import check_y, target_rows, task_weight_array
 from ._validation import Device, Number, Pattern, PixelRange
 from .backbones._cut import AUTO, EMBEDDING, cut_at_layer
 from .backbones._loading import load_backbone

@@ -151,3 +151,17 @@ def with_class_weight(w, y, class_weight, n_tasks, missing_label=None):
     out = np.array(w, dtype=np.float32)
     out[known] = w[known] * compute_sample_weight(class_weight, y[known])
     return out
+
+
+def target_rows(sample_domain, n):
+    """Mask of the target rows given by ``sample_domain`` (negative ids), or None."""
+    if sample_domain is None:
+        return None
+    domain = np.asarray(sample_domain)
+    if domain.shape != (n,) or domain.dtype.kind not in "iu" or np.any(domain == 0):
+        raise ValueError(
+            f"sample_domain must hold one non-zero integer domain id per row ({n} rows): positive for "
+            f"labelled source domains, negative for unlabelled target domains (skada's convention); got "
+            f"shape {domain.shape}, dtype {domain.dtype}."
+        )
+    return domain < 0

@@ -23,6 +23,8 @@ from sklearn.model_selection._split import _BaseKFold
 from sklearn.utils import indexable
 from sklearn.utils.validation import _num_samples
 
+from ._targets import target_rows
+
 __all__ = ["UnlabelledKFold", "unlabelled_rows"]
 
 
@@ -34,13 +36,7 @@ def unlabelled_rows(y, missing_label=-1, sample_domain=None):
         equal = np.asarray(y == missing_label, dtype=bool)
         mask |= equal if equal.ndim == 1 else equal.all(axis=1)
     if sample_domain is not None:
-        domain = np.asarray(sample_domain)
-        if domain.shape != (len(y),) or domain.dtype.kind not in "iu" or np.any(domain == 0):
-            raise ValueError(
-                f"sample_domain must hold one non-zero integer id per row ({len(y)} rows): positive for "
-                f"labelled source rows, negative for target rows; got shape {domain.shape}, dtype {domain.dtype}."
-            )
-        mask |= domain < 0
+        mask |= target_rows(sample_domain, len(y))
     return mask
 
 
