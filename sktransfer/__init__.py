@@ -6,6 +6,7 @@ from ._extractor import PretrainedFeatureExtractor
 from ._history import TrainingHistoryDisplay
 from ._persistence import load
 from ._regressor import FineTuneRegressor
+from ._soups import fuse, greedy_soup
 from ._version import __version__
 from .backbones._backbone import Backbone
 from .backbones._loading import load_backbone
@@ -30,6 +31,8 @@ __all__ = [
     "__version__",
     "cache_info",
     "clear_cache",
+    "fuse",
+    "greedy_soup",
     "load",
     "load_backbone",
 ]

@@ -7,10 +7,10 @@ from numbers import Real
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
-from sklearn.metrics import accuracy_score
 from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from ._distillation import DISTILLATION_CONSTRAINTS
 from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
 from ._domain import ADAPTATION_CONSTRAINTS
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
@@ -19,7 +19,7 @@ from ._targets import (
     check_same_classes,
     encode_labels,
     label_columns,
-    missing_mask,
+    labelled_accuracy,
     partial_fit_classes,
     with_class_weight,
 )
@@ -81,6 +81,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "missing_label": "no_validation",  # any label value
         **ADAPTATION_CONSTRAINTS,
+        **DISTILLATION_CONSTRAINTS,
     }
     # skada's convention, routed by scikit-learn's metadata routing without a set_fit_request call
     __metadata_request__fit = {"sample_domain": True}
@@ -129,6 +130,9 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         missing_label=None,
         adaptation=None,
         adaptation_weight=1.0,
+        teacher=None,
+        distill_temperature=4.0,
+        distill_weight=0.5,
     ):
         super().__init__(
             backbone=backbone, weights=weights, freeze_depth=freeze_depth, reg_lambda=reg_lambda,
@@ -148,16 +152,19 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         self.missing_label = missing_label
         self.adaptation = adaptation
         self.adaptation_weight = adaptation_weight
+        self.teacher = teacher
+        self.distill_temperature = distill_temperature
+        self.distill_weight = distill_weight
 
     # ------------------------------------------------------------ target hooks
-    def _set_classes(self, classes_per_task, n_tasks):
+    def _set_classes(self, classes_per_task):
         check_class_counts(classes_per_task)
-        self.n_outputs_ = n_tasks
+        self.n_outputs_ = n_tasks = len(classes_per_task)
         self.classes_ = classes_per_task[0] if n_tasks == 1 else list(classes_per_task)
 
     def _learn_targets(self, y):
-        columns = label_columns(y, self.missing_label)
-        self._set_classes([np.unique(known) for known, _ in columns], len(columns))
+        classes = [np.unique(known) for known, _ in label_columns(y, self.missing_label)]
+        self._set_classes(self._check_teacher(classes))  # the teacher checked before anything is learned
         return self._encode(y)
 
     def _classes_list(self):
@@ -236,7 +243,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
 
         def learn(y):
             per_task = partial_fit_classes(classes, y)
-            self._set_classes(per_task, len(per_task))
+            self._set_classes(per_task)
 
         return self._partial_fit(X, y, sample_weight, learn)
 
@@ -314,10 +321,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         """
         check_is_fitted(self, "net_")
         if _single_task(self):  # labels never seen in fit count as wrong
-            y = np.asarray(y)
-            known = ~missing_mask(y, self.missing_label) if self.missing_label is not None else slice(None)
-            w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[known]
-            return float(accuracy_score(y[known], self.predict(X)[known], sample_weight=w))
+            return labelled_accuracy(y, self.predict(X), sample_weight, self.missing_label)
         y = self._check_y(y, len(y))
         target = torch.as_tensor(self._encode(y))
         weight = torch.as_tensor(BaseFineTune._sample_weights(self, y, sample_weight, len(y)))

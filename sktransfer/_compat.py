@@ -17,7 +17,8 @@ import sys
 # values of parameters added in 0.2 that reproduce what estimators did before them
 EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update",
                      "head_hidden": None}
-EARLIER_CLASSIFIER = {"adaptation": None, "adaptation_weight": 1.0}
+EARLIER_CLASSIFIER = {"adaptation": None, "adaptation_weight": 1.0, "teacher": None, "distill_temperature": 4.0,
+                      "distill_weight": 0.5}
 EARLIER_FITTED = {"layer_": "embedding", "bn_stats_": "update"}
 
 # module of 0.1 -> where its picklable classes live now

@@ -190,8 +190,8 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         Marks a missing label in ``y``: with several tasks, a sample may lack
         a label for some of them; in single-task ``y`` (and for every task),
         a row without any label is an unlabelled image, never a class: it
-        is the target domain of ``adaptation``, and is left out of training
-        without one. ``None``: in multi-task ``y``, ``None`` and NaN entries
+        is the target domain of ``adaptation``, learns from the ``teacher``,
+        and is left out of training without either. ``None``: in multi-task ``y``, ``None`` and NaN entries
         are missing (use an object or float array); single-task ``y`` then has
         no missing labels (NaN raises). Set e.g. ``-1`` for integer labels,
         scikit-learn's semi-supervised convention.
@@ -211,6 +211,27 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
     adaptation_weight : float, default=1.0
         Weight of the adaptation loss term (``"coral"``, ``"dann"``,
         ``"pseudo_label"``) in the training objective.
+    teacher : fitted classifier or None, default=None
+        Knowledge distillation (Hinton et al., 2015): any fitted
+        single-task classifier with ``predict_proba`` and the same
+        ``classes_`` (another ``FineTuneClassifier``, a
+        ``Pipeline(PretrainedFeatureExtractor, LogisticRegression)``...),
+        given the same ``X``. Its probabilities of every row are computed
+        once per fit, in batches; the student learns from them on every row
+        and from the labels on the labelled rows, so unlabelled rows (see
+        ``missing_label``) teach through the teacher alone. The objective is
+        ``(1 - distill_weight) * CE + distill_weight * distill_temperature**2
+        * KL(teacher || student)``, both softened at the temperature. The
+        teacher is used, never modified; ``clone`` (and so ``GridSearchCV``)
+        shares it instead of unfitting it; pickles keep it (it is a
+        parameter), ``save`` does not. Not with ``adaptation`` methods other
+        than ``"adabn"``.
+    distill_temperature : float, default=4.0
+        Temperature ``tau`` that softens the teacher's and the student's
+        probabilities in the distillation term.
+    distill_weight : float in [0, 1], default=0.5
+        Weight of the distillation term; the labels' cross-entropy gets
+        ``1 - distill_weight``. ``1``: the labels are not used.
 """
 
 

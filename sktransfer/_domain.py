@@ -5,7 +5,8 @@ the solved head, early stopping) and unlabelled rows: those whose label is
 ``missing_label``, and, with ``fit(..., sample_domain=...)``, those of a
 target domain (skada's convention: negative domain ids). With an
 ``adaptation`` method the unlabelled rows are the target domain it adapts to;
-without one they are left out of training.
+with a ``teacher`` (``_distillation.py``) they learn from the teacher; without
+either they are left out of training.
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         Pretrained weights: ``"DEFAULT"``, a torchvision weights name
         (``"IMAGENET1K_V2"``), a timm tag, ``None`` (random initialisation) or
         the path of a state-dict file (loaded with ``weights_only=True``).
-        Weights are read from the local cache only; missing ones raise
+        Named weights missing from the local cache are downloaded into it on
+        first use (torch-hub's or Hugging Face's, as torchvision and timm do);
+        with ``SKTRANSFER_OFFLINE=1``, or when the download fails, they raise
         :class:`~sktransfer.WeightsNotFoundError` saying what to download and where.
     layer : "auto", None, str or list of str, default="auto"
         ``"auto"``: the pooled last feature map at the backbone's native size,
@@ -237,7 +239,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.__dict__.pop("_optimized", None)
         source = as_images(X, self, input_shape=self.input_shape, reset=True)
         self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
-        backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
+        backbone = load_backbone(self.backbone, self.weights, self.preprocessing, self.verbose)
         backbone.eval().requires_grad_(False)
         self.backbone_ = backbone
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ._compat import earlier_finetune_state
 from ._device import cpu_copy, cpu_state, resolve_device
+from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
 from ._domain import AdaptationMixin, with_unlabelled
 from ._inference import predict_images
@@ -41,7 +42,7 @@ from .training._freezing import (
     resolve_backbone_lr_scale,
     resolve_bn_stats,
 )
-from .training._fusion import fuse
+from .training._fusion import interpolate
 from .training._head_init import HEAD_INITS, solve_head
 from .training._network import TransferNet, hidden_sizes
 from .training._optim import OPTIMIZERS, SCHEDULES
@@ -95,7 +96,7 @@ FINETUNE_CONSTRAINTS = {
 }
 
 
-class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
+class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator, register=False):
     """Fine-tuning shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
     _parameter_constraints: dict = FINETUNE_CONSTRAINTS
@@ -196,20 +197,19 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
         checkpointer = resume = None
-        if self.checkpoint_dir is not None:
-            checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w, sample_domain))
-            if self.warm_start and not continuing:
-                resume = checkpointer.load()
-        with _seeded(seed, device):
-            if resume is not None:
-                self._adopt(resume.estimator)
+        with self._teaching(X, len(source)) as soft:
+            if self.checkpoint_dir is not None:  # loaded before seeding: rebuilding its network draws numbers
+                checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w, sample_domain, soft))
+                if self.warm_start and not continuing:
+                    resume = checkpointer.load()
+            with _seeded(seed, device):
+                if resume is not None:
+                    self._adopt(resume.estimator)
+                elif not continuing:
+                    self._build(device)
                 self.net_.to(device)
-            elif not continuing:
-                self._build(device)
-            else:
-                self.net_.to(device)
-            self._train(source, y_enc, w, rng, device, checkpointer, resume,
-                        init_head=resume is None and not continuing)
+                self._train(source, y_enc, w, rng, device, checkpointer, resume,
+                            init_head=resume is None and not continuing)
         return self
 
     def _adopt(self, fitted):
@@ -233,16 +233,17 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
         seed = int(rng.randint(np.iinfo(np.int32).max)) + len(self.history_)
         rng = np.random.RandomState(seed)
         device = resolve_device(self.device)
-        with _seeded(seed, device):
+        with self._teaching(X, len(source)), _seeded(seed, device):
             if first:
                 self._build(device)
             self.net_.to(device)
             data = self._prepared(source, device)
-            everything = self._fit_rows(y_enc, None, labelled_only=True)[0]
+            labelled, unlabelled = self._fit_rows(y_enc, None, labelled_only=True)[::2]
+            everything = self._distill_rows(labelled, unlabelled)
             if first:
                 self._resolve_few_image_settings(len(everything))
-                if self.head_init == "solve":
-                    self._solve_head(data, everything, y_enc, w, device)
+                if self.head_init == "solve":  # the head starts as a linear model solved on frozen features
+                    solve_head(self.net_, data, labelled, y_enc, w, device, self.batch_size, self._solved_head)
             trainer = self._trainer(data, y_enc, w, rng, device, augment=resolve_augment(self.augment))
             if getattr(self, "_partial_optimizer", None) is None:
                 trainer.freeze(self.n_frozen_stages_)
@@ -255,7 +256,7 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
 
     def _build(self, device):
         """``net_``: the backbone (cut at ``layer``), pooling, dropout and a new head."""
-        backbone = load_backbone(self.backbone, self.weights, self.preprocessing)
+        backbone = load_backbone(self.backbone, self.weights, self.preprocessing, self.verbose)
         self._native_size = backbone.preprocessing.image_size
         self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
         size = self.preprocessing_.image_size
@@ -304,26 +305,26 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
             self.backbone_lr_scale, n_train, self.batch_size, self.preprocessing_.image_size,
             getattr(self, "_native_size", None))
 
-    def _solve_head(self, data, train_idx, y_enc, w, device):
-        """Start the head as a linear model solved on the frozen features (``training/_head_init``)."""
-        solve_head(self.net_, data, train_idx, y_enc, w, device, self.batch_size, self._solved_head)
-
     def _trainer(self, data, y_enc, w, rng, device, augment, adapting=False):
         settings = TrainSettings(
             optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
             backbone_lr_scale=self.backbone_lr_scale_, layer_decay=self.layer_decay,
             lr_schedule=self.lr_schedule, batch_size=self.batch_size, augment=augment,
             bn_stats=self.bn_stats_, n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
-            loss_terms=self._loss_terms(adapting),
+            loss_terms=self._loss_terms(adapting) + self._distill_terms(w, device),
+            task_weight=self._task_loss_weight(),
         )
         return Trainer(self.net_, data, y_enc, w, self._loss, self._score, settings, device, rng, self.history_)
 
     def _train(self, source, y_enc, w, rng, device, checkpointer=None, resume=None, init_head=False):
-        train_idx, valid_idx, target_idx = self._fit_rows(y_enc, rng, resume)
+        labelled_idx, valid_idx, target_idx = self._fit_rows(y_enc, rng, resume)
+        # a resumed checkpoint stores the rows trained on: with a teacher, the unlabelled ones too
+        labelled_idx = labelled_idx[self._labelled_rows(y_enc)[labelled_idx]]
+        train_idx = self._distill_rows(labelled_idx, target_idx)  # with a teacher, the unlabelled rows too
         data = self._prepared(source, device)
         self._resolve_few_image_settings(len(train_idx))
         if init_head and self.head_init == "solve":
-            self._solve_head(data, train_idx, y_enc, w, device)
+            solve_head(self.net_, data, labelled_idx, y_enc, w, device, self.batch_size, self._solved_head)
         target_batches = self._target_batches(target_idx)
         trainer = self._trainer(data, y_enc, w, rng, device, resolve_augment(self.augment), len(target_batches))
         trainer.target_idx = target_batches
@@ -341,8 +342,8 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
         finished = trainer.fit(phases, train_idx, valid_idx, resume=resume, on_epoch=on_epoch)
         self.best_epoch_ = trainer.restore_best()
         if self.fusion_alpha < 1.0:
-            fuse(self.net_.backbone.model, self._anchor_state(), self.fusion_alpha)
-        self._adapt_statistics(data, target_idx, train_idx, device)
+            interpolate(self.net_.backbone.model, self._anchor_state(), self.fusion_alpha)
+        self._adapt_statistics(data, target_idx, labelled_idx, device)
         self.n_epochs_ = len(self.history_)
         self.net_.eval()
         if checkpointer is not None and finished:
@@ -388,7 +389,7 @@ class BaseFineTune(AdaptationMixin, SaveMixin, BaseEstimator, register=False):
 
     def __getstate__(self):
         state = cpu_state(super().__getstate__(), ["net_"])
-        for private in ("_pretrained", "_partial_optimizer", "_best"):
+        for private in ("_pretrained", "_partial_optimizer", "_best", "_teacher_proba"):
             state.pop(private, None)
         return state
 

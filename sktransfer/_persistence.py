@@ -119,8 +119,12 @@ def save_estimator(estimator, path, extra=None, extra_tensors=None):
     state = estimator.__getstate__()
     encoder = _Encoder()
     attributes, defaulted = {}, []
+    # parameters never stored (a distillation teacher: another model, used only by fit)
+    unsaved = set(getattr(estimator, "_unsaved_params", ()))
     for key, value in state.items():
         try:
+            if key in unsaved and value is not None:
+                raise _Unsupported(key)
             attributes[key] = encoder(value, key)
         except _Unsupported:
             if key not in params:

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import DataConversionWarning
+from sklearn.metrics import accuracy_score
 from sklearn.utils import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 
@@ -165,3 +166,11 @@ def target_rows(sample_domain, n):
             f"shape {domain.shape}, dtype {domain.dtype}."
         )
     return domain < 0
+
+
+def labelled_accuracy(y, y_pred, sample_weight, missing_label):
+    """Accuracy of single-task predictions on the rows whose label is not ``missing_label``."""
+    y = np.asarray(y)
+    known = ~missing_mask(y, missing_label) if missing_label is not None else slice(None)
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=float)[known]
+    return float(accuracy_score(y[known], y_pred[known], sample_weight=w))

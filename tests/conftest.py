@@ -5,8 +5,15 @@ import pytest
 import torch
 
 # The suite must pass offline with an empty torch cache and few cores.
+# nothing is downloaded (tests/test_downloads.py lifts the switches and simulates the hub)
+os.environ.setdefault("SKTRANSFER_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# pytest-xdist runs the suite in WORKERS processes (pyproject: -n 2); each gets its share of the
+# cores, as do the examples it runs in subprocesses (OMP_NUM_THREADS)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +37,7 @@ def empty_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SKTRANSFER_OFFLINE", "1")
     return tmp_path
 
 

@@ -247,3 +247,24 @@ def test_lite0_uses_fast_depthwise_and_leaves_user_modules_alone():
     user = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.Flatten())
     load_backbone(user)
     assert type(user[0]) is nn.Conv2d
+
+
+def test_named_backbones_are_built_once_per_process_and_copied(monkeypatch):
+    """A grid search builds the same backbone for every fit: the second load copies the first."""
+    from sktransfer.backbones import _loading
+
+    built = []
+    real = _loading._build_named
+    monkeypatch.setattr(_loading, "_build_named", lambda name, weights: built.append(name) or real(name, weights))
+    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
+    first = load_backbone()
+    second = load_backbone()
+    assert built == ["efficientnet_lite0"]
+    assert second.model is not first.model
+    with torch.no_grad():  # a copy: changing one leaves the other, and the next load, as built
+        first.model.conv_stem.weight.mul_(2)
+    third = load_backbone()
+    torch.testing.assert_close(second.model.conv_stem.weight, third.model.conv_stem.weight)
+    assert not torch.equal(first.model.conv_stem.weight, third.model.conv_stem.weight)
+    load_backbone(weights=None)  # other weights: another build
+    assert built == ["efficientnet_lite0", "efficientnet_lite0"]

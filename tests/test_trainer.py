@@ -2,20 +2,12 @@
 
 import numpy as np
 import torch
+from _tiny import IndexedImages, TinyConv
 
 from sktransfer import load_backbone
 from sktransfer.training._network import TransferNet
 from sktransfer.training._objectives import classification_loss, classification_score
 from sktransfer.training._trainer import Phase, Trainer, TrainSettings
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3)
-
-    def forward(self, x):
-        return self.conv(x)
 
 
 class _HeadNorm:
@@ -34,20 +26,9 @@ class _HeadNorm:
         return float(self.strength * self.net.head.weight.detach().pow(2).sum())
 
 
-class _Data:
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def batch(self, indices):
-        return self.x[torch.as_tensor(np.asarray(indices))]
-
-
 def _train(strength, terms_seen):
     torch.manual_seed(0)
-    net = TransferNet(load_backbone(_Tiny()), 8, 2, pooling="avg")
+    net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
     x = torch.randn(12, 3, 10, 10)
     y = np.array([0, 1] * 6)
     w = np.ones(12, dtype=np.float32)
@@ -65,7 +46,7 @@ def _train(strength, terms_seen):
 
     settings = TrainSettings(lr=0.05, batch_size=4, lr_schedule="constant", loss_terms=[make])
     history = []
-    trainer = Trainer(net, _Data(x), y, w, loss, score, settings, torch.device("cpu"), np.random.RandomState(0), history)
+    trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"), np.random.RandomState(0), history)
     assert trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
     return net, history
 

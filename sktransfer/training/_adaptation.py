@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data._batches import batch_indices
+from ._terms import LossTerm
 
 ADAPTATIONS = ("adabn", "coral", "dann", "pseudo_label")
 
@@ -63,18 +64,8 @@ def reverse_gradient(x, weight):
     return _GradientReversal.apply(x, weight)
 
 
-class _Term:
-    """A loss term of the adaptation; ``value()`` is its last weighted value, for the history."""
-
-    def __init__(self, weight):
-        self.weight = float(weight)
-        self.last = 0.0
-
-    def parameters(self):
-        return []
-
-    def value(self):
-        return self.last
+class _Term(LossTerm):
+    """A loss term of the adaptation: source and target rows of a step."""
 
     def _split(self, step):
         if step.domain is None or step.features is None:
@@ -83,11 +74,6 @@ class _Term:
         if int(target.sum()) < 2 or int((~target).sum()) < 2:
             return None
         return step.features[~target], step.features[target]
-
-    def _done(self, loss):
-        weighted = self.weight * loss
-        self.last = float(weighted.detach())
-        return weighted
 
 
 class CoralTerm(_Term):

@@ -26,7 +26,8 @@ from .._digest import state_digest
 from .._persistence import read_file, save_estimator
 from ..data._cache import item_keys
 
-_NOT_IN_DIGEST = ("checkpoint_dir", "verbose", "warm_start", "num_workers", "device")
+# the teacher counts through its probabilities of the data (its repr may name a memory address)
+_NOT_IN_DIGEST = ("checkpoint_dir", "verbose", "warm_start", "num_workers", "device", "teacher")
 
 
 def _describe(value):
@@ -37,8 +38,8 @@ def _describe(value):
     return repr(value)
 
 
-def run_digest(estimator, source, y, sample_weight, sample_domain=None):
-    """Digest of the parameters and the training data."""
+def run_digest(estimator, source, y, sample_weight, sample_domain=None, teacher_proba=None):
+    """Digest of the parameters and the training data (and a teacher's probabilities of it)."""
     h = hashlib.blake2b(digest_size=12)
     params = estimator.get_params(deep=False)
     for key in sorted(params):
@@ -50,6 +51,9 @@ def run_digest(estimator, source, y, sample_weight, sample_domain=None):
     h.update(np.ascontiguousarray(sample_weight).tobytes())
     if sample_domain is not None:
         h.update(b"sample_domain" + np.ascontiguousarray(sample_domain).tobytes())
+    if teacher_proba is not None:
+        # rounded: the same teacher on other threads or kernels differs in the last bits
+        h.update(b"teacher" + np.round(np.asarray(teacher_proba, dtype=np.float64), 5).tobytes())
     return h.hexdigest()
 
 

@@ -1,13 +1,35 @@
-"""Weight-space fusion (WiSE-FT; Wortsman et al., 2022): θ <- α θ_finetuned + (1 - α) θ_pretrained."""
+"""Weight-space averages of networks: WiSE-FT and model soups.
+
+* WiSE-FT (Wortsman et al., CVPR 2022): ``θ <- α θ_finetuned + (1 - α) θ_pretrained``
+  (:func:`interpolate`, the ``fusion_alpha`` parameter).
+* Model soups (Wortsman et al., ICML 2022): the weighted mean of several
+  fine-tuned networks' parameters (:func:`average_states`, ``sktransfer.fuse``).
+
+Both average every tensor of the state dict, buffers included: BatchNorm
+running statistics are averaged like the weights, integer buffers (BatchNorm's
+``num_batches_tracked``) are averaged and rounded.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
-def fuse(model, pretrained, alpha):
-    """Interpolate every tensor of ``model`` toward ``pretrained`` (a state dict); integer buffers rounded."""
+def average_states(states, weights):
+    """``sum_i weights[i] * states[i]`` per tensor (float64 sums; integer tensors rounded), on the
+    device and in the dtype of the first state's tensors; ``weights`` are used as given."""
+    out = {}
+    for name, first in states[0].items():
+        total = sum(float(w) * state[name].to(first.device).double() for w, state in zip(weights, states))
+        out[name] = (total if first.is_floating_point() else total.round()).to(first.dtype)
+    return out
+
+
+def interpolate(model, pretrained, alpha):
+    """WiSE-FT in place: every tensor of ``model`` moved to ``alpha`` of the way from ``pretrained``
+    (a state dict) to itself."""
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            fused = alpha * tensor.double() + (1 - alpha) * pretrained[name].to(tensor.device).double()
-            tensor.copy_(fused if tensor.is_floating_point() else fused.round())
+        current = model.state_dict()
+        fused = average_states([current, pretrained], [alpha, 1 - alpha])
+        for name, tensor in current.items():
+            tensor.copy_(fused[name])

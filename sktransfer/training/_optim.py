@@ -34,11 +34,15 @@ def make_optimizer(net, name, lr, weight_decay, backbone_lr_scale=1.0, layer_dec
         groups.append({"params": extra, "lr": lr, "weight_decay": weight_decay})
     for group in groups:
         group["initial_lr"] = group["lr"]
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    adam = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    try:
+        # one fused kernel for all parameters: an optimizer step measured 3.7x faster on the CPU
+        # than the per-tensor loop (docs/benchmarks.md)
+        return adam(groups, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype without the fused kernel
+        return adam(groups, lr=lr)
 
 
 def make_scheduler(optimizer, schedule, total_steps, warmup_fraction=0.1):

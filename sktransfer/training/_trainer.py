@@ -81,6 +81,7 @@ class TrainSettings:
     n_iter_no_change: int = 3
     verbose: int = 0
     loss_terms: list = field(default_factory=list)
+    task_weight: float = 1.0  # the task loss's weight in the objective (1 - distill_weight when distilling)
 
 
 class Trainer:
@@ -257,7 +258,7 @@ class Trainer:
                 features = net.features(x)
                 output = net.classify(features)
             loss = self.loss(output[:n_labelled], target, weight)
-            objective = loss
+            objective = loss if s.task_weight == 1 else s.task_weight * loss
             progress = 1.0 if not self._total_steps else min(1.0, self._steps_done / self._total_steps)
             step = Step(net, x, output, idx, features, domain, progress)
             for term in terms:
@@ -265,13 +266,15 @@ class Trainer:
                 if extra is not None:
                     objective = objective + extra
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            if objective.requires_grad:  # a batch of unlabelled rows only, with no term on them, has nothing to learn
+                objective.backward()
             optimizer.step()
             self._steps_done += 1
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss.detach()) * float(weight.sum())
-            count += float(weight.sum())
+            labelled = float(weight[_labelled(target)].sum())  # rows without a label had no loss
+            total += float(loss.detach()) * labelled
+            count += labelled
             if bar is not None:
                 bar.update(n_labelled)
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
@@ -290,6 +293,12 @@ class Trainer:
         target = torch.as_tensor(self.y[indices])
         weight = torch.as_tensor(self.w[indices], dtype=torch.float32)
         return float(self.loss(output, target, weight)), float(self.score(output, target, weight))
+
+
+def _labelled(target):
+    """Rows with a label (encoded: ``-1`` or NaN is missing; any task's label counts)."""
+    known = ~torch.isnan(target) if target.is_floating_point() else target >= 0
+    return known if known.ndim == 1 else known.any(1)
 
 
 def holdout_split(n, labels, fraction, rng):
