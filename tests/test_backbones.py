@@ -268,3 +268,16 @@ def test_named_backbones_are_built_once_per_process_and_copied(monkeypatch):
     assert not torch.equal(first.model.conv_stem.weight, third.model.conv_stem.weight)
     load_backbone(weights=None)  # other weights: another build
     assert built == ["efficientnet_lite0", "efficientnet_lite0"]
+
+
+def test_loading_a_backbone_leaves_the_random_stream_alone(monkeypatch):
+    """Built or copied, a load draws no random numbers: fits with one random_state stay equal."""
+    from sktransfer.backbones import _loading
+
+    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
+    expected = torch.manual_seed(0) and torch.rand(3)
+    for _ in ("built", "copied"):
+        torch.manual_seed(0)
+        load_backbone("resnet18", weights=None)
+        assert torch.equal(torch.rand(3), expected)
+    assert len(_loading._BUILT) == 1

@@ -23,6 +23,7 @@ import os
 import threading
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from ..data._preprocessing import Preprocessing
@@ -142,7 +143,10 @@ def load_named(name, weights):
         if built is not None:
             _BUILT.move_to_end(key)
     if built is None:
-        built = _build_named(name, weights)
+        # building draws random initial weights; the caller's random stream must not depend on
+        # whether this process built the backbone before (random_state repeatability)
+        with torch.random.fork_rng(devices=[]):
+            built = _build_named(name, weights)
         if key is not None:
             with _BUILT_LOCK:
                 _BUILT[key] = built
