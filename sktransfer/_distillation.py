@@ -129,7 +129,7 @@ class DistillationMixin:
 
     def __sklearn_clone__(self):
         """A clone shares the fitted teacher: it is an input of the fit, and cloning it would unfit it."""
-        teacher = self._teacher()
+        teacher = getattr(self, "teacher", None)  # whatever distill_weight is: a grid may change it
         if teacher is None:
             return super().__sklearn_clone__()
         shell = object.__new__(type(self))  # a shallow stand-in, so that self is never modified

@@ -186,6 +186,8 @@ def test_clone_and_grid_search_share_the_fitted_teacher(digits):
     student = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=10, teacher=teacher, random_state=0)
     copy = clone(student)
     assert copy.teacher is teacher and copy is not student
+    assert clone(student.set_params(distill_weight=0.0)).teacher is teacher
+    student.set_params(distill_weight=0.5)
     search = GridSearchCV(student, {"distill_temperature": [1.0, 4.0], "distill_weight": [0.5, 0.9]}, cv=2)
     search.fit(X[:120], y[:120])
     assert len(search.cv_results_["params"]) == 4
