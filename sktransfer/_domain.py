@@ -31,6 +31,7 @@ from .training._adaptation import (
     PseudoLabelTerm,
     adapt_batchnorm,
 )
+from .training._objectives import labelled_rows
 from .training._trainer import holdout_split
 
 ADAPTATION_CONSTRAINTS = {
@@ -57,11 +58,6 @@ def with_unlabelled(y_known, unlabelled):
 class AdaptationMixin:
     """Labelled and unlabelled rows of a fit, and the ``adaptation`` parameter."""
 
-    def _labelled_rows(self, y_enc):
-        """Rows with at least one label (encoded: ``-1`` or NaN is missing)."""
-        known = ~np.isnan(y_enc) if y_enc.dtype.kind == "f" else y_enc >= 0
-        return known if known.ndim == 1 else known.any(axis=1)
-
     def _adaptation_method(self):
         method = getattr(self, "adaptation", None)
         return AUTO_ADAPTATION if isinstance(method, str) and method == "auto" else method
@@ -69,15 +65,15 @@ class AdaptationMixin:
     def _fit_rows(self, y_enc, rng, resume=None, labelled_only=False):
         """``(train_idx, valid_idx, target_idx)``: labelled training and validation rows (a
         resumed checkpoint's, or split off for early stopping), and the unlabelled rows."""
-        labelled = self._labelled_rows(y_enc)
+        labelled = labelled_rows(y_enc)
         train_idx, target_idx = np.flatnonzero(labelled), np.flatnonzero(~labelled)
         if len(train_idx) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 labelled samples; got {len(train_idx)} "
                 f"({len(target_idx)} rows are unlabelled)."
             )
-        if resume is not None:
-            return resume.train_idx, resume.valid_idx, target_idx
+        if resume is not None:  # its rows trained on: with a teacher, the unlabelled ones too
+            return resume.train_idx[labelled[resume.train_idx]], resume.valid_idx, target_idx
         if labelled_only or not self.early_stopping:
             return train_idx, None, target_idx
         labels = y_enc[train_idx]

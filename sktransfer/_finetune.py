@@ -318,8 +318,6 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
 
     def _train(self, source, y_enc, w, rng, device, checkpointer=None, resume=None, init_head=False):
         labelled_idx, valid_idx, target_idx = self._fit_rows(y_enc, rng, resume)
-        # a resumed checkpoint stores the rows trained on: with a teacher, the unlabelled ones too
-        labelled_idx = labelled_idx[self._labelled_rows(y_enc)[labelled_idx]]
         train_idx = self._distill_rows(labelled_idx, target_idx)  # with a teacher, the unlabelled rows too
         data = self._prepared(source, device)
         self._resolve_few_image_settings(len(train_idx))

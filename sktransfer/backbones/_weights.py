@@ -197,18 +197,21 @@ def torchvision_checkpoint(name, weights_enum):
             f"cache: {str(path)!r} is missing, and {OFFLINE_ENV} is set, so nothing is downloaded. "
             f"{fix} " + _ALTERNATIVES
         )
-    import torch.hub
-
     match = torch.hub.HASH_REGEX.search(filename)  # torchvision's files end in a hash prefix
+    return _fetch_into_hub(weights_enum.url, path, fix, match.group(1) if match else None)
+
+
+def _fetch_into_hub(url, path, fix, hash_prefix=None):
+    """``url`` downloaded by torch.hub to ``path`` (checked against ``hash_prefix``), one download at
+    a time; a failure raises :class:`WeightsNotFoundError` with its cause."""
     with _downloading():
         if path.is_file():  # another thread fetched it meanwhile
             return path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(weights_enum.url, str(path), match.group(1) if match else None,
-                                           progress=_PROGRESS.get())
+            torch.hub.download_url_to_file(url, str(path), hash_prefix, progress=_PROGRESS.get())
         except Exception as exc:
-            raise _download_failed(weights_enum.url, str(path.parent), exc, fix) from exc
+            raise _download_failed(url, str(path.parent), exc, fix) from exc
     return path
 
 
@@ -257,17 +260,13 @@ def timm_checkpoint(model_name, pretrained_cfg):
             f"Pretrained weights for timm model {model_name!r} are not in the local cache; looked for "
             f"{where}, and {switch}. {fix} " + _ALTERNATIVES
         )
+    if not hf_id:
+        return _fetch_into_hub(url, legacy, fix)
     with _downloading():
         try:
-            if hf_id:
-                return Path(_hf_download(hf_id, cache))
-            import torch.hub
-
-            legacy.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(legacy), None, progress=_PROGRESS.get())
-            return legacy
+            return Path(_hf_download(hf_id, cache))
         except Exception as exc:
-            raise _download_failed(hf_id or url, cache if hf_id else str(legacy.parent), exc, fix) from exc
+            raise _download_failed(hf_id, cache, exc, fix) from exc
 
 
 def _hf_download(repo_id, cache):

@@ -13,8 +13,18 @@ for it. With a source task and a target task, ``task_weights=[1, lam]`` is
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def labelled_rows(target):
+    """Rows with at least one label (``-1`` or NaN is missing), for numpy arrays and tensors."""
+    if isinstance(target, torch.Tensor):
+        known = ~torch.isnan(target) if target.is_floating_point() else target >= 0
+    else:
+        known = ~np.isnan(target) if target.dtype.kind == "f" else target >= 0
+    return known if known.ndim == 1 else known.any(1)
 
 
 def _weighted_mean(losses, weight):

@@ -30,6 +30,7 @@ from .._progress import progress_bar
 from ..data._batches import batch_indices
 from ._freezing import freeze, train_mode
 from ._frozen_prefix import frozen_prefix
+from ._objectives import labelled_rows
 from ._optim import current_lr, make_optimizer, make_scheduler
 
 
@@ -272,7 +273,7 @@ class Trainer:
             self._steps_done += 1
             if scheduler is not None:
                 scheduler.step()
-            labelled = float(weight[_labelled(target)].sum())  # rows without a label had no loss
+            labelled = float(weight[labelled_rows(target)].sum())  # rows without a label had no loss
             total += float(loss.detach()) * labelled
             count += labelled
             if bar is not None:
@@ -293,12 +294,6 @@ class Trainer:
         target = torch.as_tensor(self.y[indices])
         weight = torch.as_tensor(self.w[indices], dtype=torch.float32)
         return float(self.loss(output, target, weight)), float(self.score(output, target, weight))
-
-
-def _labelled(target):
-    """Rows with a label (encoded: ``-1`` or NaN is missing; any task's label counts)."""
-    known = ~torch.isnan(target) if target.is_floating_point() else target >= 0
-    return known if known.ndim == 1 else known.any(1)
 
 
 def holdout_split(n, labels, fraction, rng):
