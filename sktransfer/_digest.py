@@ -38,6 +38,19 @@ def array_digest(array):
     return h.hexdigest()
 
 
+def row_digests(array):
+    """``[array_digest(row) for row in array]`` for a numpy array, faster (one header, no checks)."""
+    if len(array) == 0:
+        return []
+    header = hashlib.blake2b(str((array.shape[1:], array.dtype.str)).encode(), digest_size=16)
+    keys = []
+    for row in array:
+        h = header.copy()
+        h.update(row.tobytes())  # tobytes copies in C order, whatever the row's strides
+        keys.append(h.hexdigest())
+    return keys
+
+
 def setting_digest(*parts):
     """Hex digest of the ``repr`` of ``parts`` (settings, other digests)."""
     return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()

@@ -6,34 +6,32 @@ import os
 from numbers import Integral
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._device import cpu_state, module_device, resolve_device
-from ._digest import setting_digest, state_digest
+from ._digest import setting_digest
 from ._docstrings import DOCS_URL
+from ._extractor_setup import LazyBackboneAttribute, setup_backbone, work_out
 from ._inference import extract
 from ._persistence import SaveMixin
 from ._progress import progress_bar
 from ._validation import Device, Number, PixelRange
-from .backbones._cut import resolve_layer
-from .backbones._layer_outputs import forward_layers, optimize_for_cpu, resolve_layers
-from .backbones._loading import load_backbone
+from .backbones._layer_outputs import forward_layers, optimize_for_cpu
 from .backbones._pooling import POOLINGS
 from .backbones._timm import DEFAULT_BACKBONE
 from .data._batches import PreparedImages, resolve_num_workers
 from .data._cache import DEFAULT_MAX_BYTES, cached_transform
 from .data._preprocessing import Preprocessing
-from .data._sources import ArraySource, as_images, learn_pixel_range
+from .data._sources import as_images, learn_pixel_range
 from .training._adaptation import adapt_batchnorm
 
 OPTIMIZE_MIN_IMAGES = 128
 
 
-class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
+class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMixin, BaseEstimator):
     """Embeddings from a frozen pretrained CNN, as a scikit-learn transformer.
 
     ``fit`` loads the backbone (nothing is learned from the images except the
@@ -84,9 +82,12 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     preprocessing : dict, Preprocessing or None, default=None
         Overrides of the backbone's mean, std, interpolation or native size
         (needed for a custom ``nn.Module`` not trained on ImageNet statistics).
-    batch_size : int, default=64
+    batch_size : "auto" or int, default="auto"
         Images per forward pass; memory is bounded by it whatever the number
-        of images.
+        of images. ``"auto"``: 64 on a GPU; on the CPU, whose caches favour
+        small batches of large images, the power of two nearest below
+        ``2**18 / image_size**2`` within [8, 64] (8 at 224 px, 16 at 96-128 px,
+        64 at 64 px and below; measured in docs/benchmarks.md).
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
     num_workers : "auto" or int, default="auto"
@@ -99,11 +100,11 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     optimize : "auto", bool, default="auto"
         On the CPU, run a traced, frozen and ``optimize_for_inference`` copy of
         the network (BatchNorm folded into convolutions, fused oneDNN kernels;
-        embeddings equal the eager ones to cosine >= 0.9999, checked when it
-        is built, with a fall back to eager execution otherwise). Building it
-        takes about a second once per fitted extractor, so ``"auto"`` does it
-        only for transforms of at least 128 images; ``True`` always,
-        ``False`` never. GPUs always run eagerly with bf16 autocast.
+        embeddings equal the eager ones to cosine >= 0.9999, checked on the
+        first batch it runs, with a fall back to eager execution otherwise).
+        Building it takes about 0.4 s (Lite0) once per fitted extractor, so
+        ``"auto"`` does it only for transforms of at least 128 images; ``True``
+        always, ``False`` never. GPUs always run eagerly with bf16 autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
@@ -171,7 +172,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         "input_shape": [tuple, list, np.ndarray, None],
         "pixel_range": [StrOptions({"auto"}), PixelRange()],
         "preprocessing": [dict, Preprocessing, None],
-        "batch_size": [Number(Integral, 1, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Number(Integral, 1, None, closed="left")],
         "device": [StrOptions({"auto"}), Device()],
         "num_workers": [StrOptions({"auto"}), Number(Integral, 0, None, closed="left")],
         "optimize": [StrOptions({"auto"}), "boolean"],
@@ -192,7 +193,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         input_shape=None,
         pixel_range="auto",
         preprocessing=None,
-        batch_size=64,
+        batch_size="auto",
         device="auto",
         num_workers="auto",
         optimize="auto",
@@ -239,20 +240,19 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.__dict__.pop("_optimized", None)
         source = as_images(X, self, input_shape=self.input_shape, reset=True)
         self.pixel_range_ = learn_pixel_range(source, self.pixel_range)
-        backbone = load_backbone(self.backbone, self.weights, self.preprocessing, self.verbose)
-        backbone.eval().requires_grad_(False)
-        self.backbone_ = backbone
-        self.preprocessing_ = backbone.preprocessing.replace(image_size=self.image_size)
-        size = self.preprocessing_.image_size
-        self.layers_ = resolve_layers(backbone, resolve_layer(backbone, self.layer, size))
-        if self.adapt_bn:
-            _adapt_batchnorm(self, source)
-        probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
-        self.layer_widths_ = [self._run(probe, layers=[layer]).shape[1] for layer in self.layers_]
+        self._backbone, facts = setup_backbone(self)
+        if facts is None:  # a module, a fitted estimator or adapt_bn: worked out at every fit
+            if self.adapt_bn:
+                self.preprocessing_ = self.backbone_.preprocessing.replace(image_size=self.image_size)
+                _adapt_batchnorm(self, source)
+            facts = work_out(self.backbone_, self)
+        self.preprocessing_ = facts.preprocessing
+        self.layers_ = list(facts.layers)
+        self.layer_widths_ = list(facts.layer_widths)
         self.n_features_out_ = sum(self.layer_widths_)
         # at fit, so that transform leaves the estimator's __dict__ as it is
         self._cache_setting = setting_digest(  # everything but the image that changes an embedding
-            state_digest(backbone), backbone.family, self.layers_, self.pooling, self.preprocessing_, self.pixel_range_
+            facts.weights_digest, facts.family, self.layers_, self.pooling, self.preprocessing_, self.pixel_range_
         )
         return self
 
@@ -269,7 +269,7 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         -------
         X_new : ndarray of shape (n_samples, ``n_features_out_``), dtype float32
         """
-        check_is_fitted(self, "backbone_")
+        check_is_fitted(self, "n_features_out_")
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
         with progress_bar(self.verbose, len(source), "embedding", unit="img") as bar:
             if not self.cache:
@@ -279,22 +279,21 @@ class PretrainedFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
                 self.cache_max_bytes, self.cache_dir,
             )
 
-    def _run(self, source, bar=None, layers=None):
+    def _run(self, source, bar=None):
         device = resolve_device(self.device)
         if module_device(self.backbone_) != device:
             self.backbone_.to(device)
         runner = None
-        if layers is None and _wants_optimized(self.optimize, device, len(source)):
+        if _wants_optimized(self.optimize, device, len(source)):
             runner = _optimized_runner(self)
         if runner is None:
-            plan = layers or self.layers_
-
             def runner(x):
-                return forward_layers(self.backbone_, x, plan, self.pooling)
+                return forward_layers(self.backbone_, x, self.layers_, self.pooling)
 
+        batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
         return extract(
-            runner, source, self.preprocessing_, device, self.batch_size, channels_last=True, progress=bar,
-            num_workers=resolve_num_workers(self.num_workers, source, self.batch_size),
+            runner, source, self.preprocessing_, device, batch_size, channels_last=True, progress=bar,
+            num_workers=resolve_num_workers(self.num_workers, source, batch_size),
         )
 
     def get_feature_names_out(self, input_features=None):
@@ -339,8 +338,18 @@ def _wants_optimized(optimize, device, n_images):
     return optimize is True or n_images >= OPTIMIZE_MIN_IMAGES
 
 
+def _batch_size(batch_size, device, image_size):
+    """``batch_size``, with ``"auto"`` resolved (see the parameter's description)."""
+    if batch_size != "auto":
+        return batch_size
+    if device.type != "cpu":
+        return 64
+    fits = (1 << 18) // (image_size * image_size)  # about 2**18 pixels a batch
+    return min(64, max(8, 1 << max(fits, 1).bit_length() - 1))
+
+
 def _optimized_runner(extractor):
-    """The traced module, built once per fit (never pickled)."""
+    """The traced module (a CheckedTrace), built once per fit (never pickled); ``None`` if it cannot be."""
     if not hasattr(extractor, "_optimized"):
         extractor._optimized = optimize_for_cpu(
             extractor.backbone_, extractor.layers_, extractor.pooling, extractor.preprocessing_.image_size
@@ -352,7 +361,8 @@ def _adapt_batchnorm(extractor, source):
     """AdaBN at ``fit``: the backbone's BatchNorm statistics of the images ``source``."""
     source.pixel_range = extractor.pixel_range_
     device = resolve_device(extractor.device)
-    workers = resolve_num_workers(extractor.num_workers, source, extractor.batch_size)
+    batch_size = _batch_size(extractor.batch_size, device, extractor.preprocessing_.image_size)
+    workers = resolve_num_workers(extractor.num_workers, source, batch_size)
     data = PreparedImages(source, extractor.preprocessing_, device, True, workers)
-    adapt_batchnorm(extractor.backbone_.to(device), data, np.arange(len(source)), device, extractor.batch_size)
+    adapt_batchnorm(extractor.backbone_.to(device), data, np.arange(len(source)), device, batch_size)
 

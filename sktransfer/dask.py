@@ -232,7 +232,7 @@ def transform(extractor, data, *, column=None):
         raise TypeError(
             f"extractor must be a fitted PretrainedFeatureExtractor, got {type(extractor).__name__}."
         )
-    check_is_fitted(extractor, "backbone_", msg=(
+    check_is_fitted(extractor, "n_features_out_", msg=(
         "This PretrainedFeatureExtractor is not fitted. Fit it on the client first, e.g. "
         "extractor.fit(paths[:1]): the fitted extractor carries its weights to the workers."
     ))

@@ -35,6 +35,42 @@ def test_repeated_transforms_reuse_embeddings(digits, counted):
     assert sum(counted) == 40 and cache_info()["hits"] >= 20
 
 
+def test_fits_whose_images_are_cached_copy_no_network(digits, counted):
+    _, table, _ = digits
+    X = table[:30]
+    first = PretrainedFeatureExtractor(image_size=32, layer="stage3").fit(X)
+    Z = first.transform(X)
+    again = PretrainedFeatureExtractor(image_size=32, layer="stage3").fit(X[:20])
+    assert (again.layers_, again.layer_widths_, again.n_features_out_) == (
+        first.layers_, first.layer_widths_, first.n_features_out_)
+    np.testing.assert_array_equal(again.transform(X), Z)
+    assert not again._backbone.made  # every image was a cache hit: the network was never copied
+    # a new image makes the network, which is the same as the first extractor's
+    fresh = table[30:33]
+    np.testing.assert_allclose(again.transform(fresh), first.transform(fresh), rtol=1e-5, atol=1e-6)
+    assert again._backbone.made and again.backbone_ is not first.backbone_
+    assert not again.backbone_.training
+    assert not any(p.requires_grad for p in again.backbone_.parameters())
+    # other settings are worked out for themselves, not read from the first fit's
+    other = PretrainedFeatureExtractor(image_size=32, layer="stage2").fit(X)
+    assert other.layers_ != first.layers_ and other.n_features_out_ != first.n_features_out_
+    assert other.transform(X[:2]).shape == (2, other.n_features_out_)
+
+
+def test_a_pickled_extractor_holds_its_network_even_if_never_made(digits, counted):
+    import pickle
+
+    _, table, _ = digits
+    X = table[:12]
+    Z = PretrainedFeatureExtractor(image_size=32).fit(X).transform(X)
+    lazy = PretrainedFeatureExtractor(image_size=32).fit(X)
+    assert not lazy._backbone.made
+    restored = pickle.loads(pickle.dumps(lazy))
+    assert "backbone_" not in vars(restored) and restored._backbone.made
+    clear_cache()  # the restored extractor must run its own network
+    np.testing.assert_allclose(restored.transform(X), Z, rtol=1e-5, atol=1e-6)
+
+
 def test_one_changed_pixel_gets_a_new_embedding(digits, counted):
     _, table, _ = digits
     X = table[:10].copy()

@@ -24,7 +24,7 @@ def prepared(ext, X):
 def test_fit_does_not_touch_init_params_and_init_loads_nothing(monkeypatch):
     import sktransfer._extractor as mod
 
-    monkeypatch.setattr(mod, "load_backbone", lambda *a, **k: pytest.fail("loaded in __init__"))
+    monkeypatch.setattr(mod, "setup_backbone", lambda *a, **k: pytest.fail("loaded in __init__"))
     ext = PretrainedFeatureExtractor(cache=False, layer=["stage1"], batch_size=3)
     assert ext.get_params()["layer"] == ["stage1"]
 
@@ -165,8 +165,7 @@ def test_optimized_inference_equals_eager(X, layer):
     eager = PretrainedFeatureExtractor(cache=False, image_size=64, layer=layer, optimize=False).fit(X)
     fast = PretrainedFeatureExtractor(cache=False, image_size=64, layer=layer, optimize=True).fit(X)
     a, b = eager.transform(X), fast.transform(X)
-    assert fast._optimized is not None  # really traced, not the eager fall-back
-    assert isinstance(fast._optimized, torch.jit.ScriptModule)
+    assert isinstance(fast._optimized.traced, torch.jit.ScriptModule)  # really traced, checked, kept
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() >= 0.9999
     # batch composition does not change results, and the traced module is never pickled
@@ -187,3 +186,15 @@ def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
     Z = ext.transform(X)
     assert ext._optimized is None
     np.testing.assert_allclose(Z, PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X))
+
+
+def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeypatch):
+    import sktransfer.backbones._layer_outputs as mod
+
+    real = mod.torch.jit.optimize_for_inference
+    monkeypatch.setattr(mod.torch.jit, "optimize_for_inference", lambda m: (lambda x: -real(m)(x)))
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
+    Z = ext.transform(X)
+    assert ext._optimized is not None and ext._optimized.traced is None  # built, checked, dropped
+    eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X)
+    np.testing.assert_allclose(Z, eager, rtol=1e-5, atol=1e-6)

@@ -85,11 +85,17 @@ def forward_layers(backbone, x, plan, pooling):
 
 
 class PlanModule(nn.Module):
-    """The planned layers of a backbone as one module (what gets traced)."""
+    """The planned layers of a backbone as one module (what gets traced).
+
+    The backbone is held, not registered as a submodule: tracing then records
+    its weights as constants of one flat graph instead of building a
+    ScriptModule for each of its hundreds of submodules (Lite0: 0.2 s to trace
+    instead of 0.8 s; the optimized module runs the same).
+    """
 
     def __init__(self, backbone, plan, pooling):
         super().__init__()
-        self.backbone = backbone
+        self.__dict__["backbone"] = backbone
         self.plan = list(plan)
         self.pooling = pooling
 
@@ -99,30 +105,59 @@ class PlanModule(nn.Module):
 
 def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
     """Trace, freeze and ``optimize_for_inference`` the plan (BatchNorm folded into
-    convolutions, fused oneDNN kernels), or ``None`` when that is not possible.
-
-    The result is checked against the eager model on a batch of another size
-    (cosine >= ``tolerance`` for every sample); any failure or mismatch falls
-    back to ``None``, i.e. eager execution.
+    convolutions, fused oneDNN kernels): a :class:`CheckedTrace`, or ``None``
+    when tracing fails. ``backbone`` is only read.
     """
     module = PlanModule(backbone, plan, pooling).eval()
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, image_size, image_size, generator=gen).contiguous(memory_format=torch.channels_last)
-    check = torch.randn(3, 3, image_size, image_size, generator=gen).contiguous(memory_format=torch.channels_last)
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with torch.no_grad():
-                traced = torch.jit.trace(module, example, check_trace=False)
+                traced = torch.jit.trace(module, example.contiguous(memory_format=torch.channels_last),
+                                         check_trace=False)
                 optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            with torch.inference_mode():
-                expected = module(check)
-                got = optimized(check)
     except Exception:  # tracing is best effort: hooks, data-dependent shapes...
         return None
-    if got.shape != expected.shape:
-        return None
+    return CheckedTrace(optimized, module, tolerance)
+
+
+class CheckedTrace:
+    """The optimized module, checked against the eager plan on the first batch it runs.
+
+    Its first batch's first two embeddings must match the eager ones (cosine >=
+    ``tolerance`` each); every batch must give one row per image of the eager
+    width. Any failure, mismatch or error switches to eager execution for good.
+    Checking a real batch costs an eager forward of two images, where a check
+    on a batch of its own cost a warm-up of the optimized module besides.
+    """
+
+    def __init__(self, traced, eager, tolerance):
+        self.traced = traced
+        self.eager = eager
+        self.tolerance = tolerance
+        self.width = None
+
+    def __call__(self, x):
+        if self.traced is not None:
+            try:
+                # the graph is optimized already: the profiling executor's first runs only cost time
+                with warnings.catch_warnings(), torch.jit.optimized_execution(False):
+                    warnings.simplefilter("ignore")
+                    out = self.traced(x)
+            except Exception:
+                out = None
+            if out is not None and self.width is None:
+                expected = self.eager(x[:2])
+                self.width = expected.shape[1]
+                if out.shape[1:] != expected.shape[1:] or not _agree(out[:2], expected, self.tolerance):
+                    out = None
+            if out is not None and tuple(out.shape) == (x.shape[0], self.width):
+                return out
+            self.traced = None  # eager from now on
+        return self.eager(x)
+
+
+def _agree(got, expected, tolerance):
     cosine = torch.nn.functional.cosine_similarity(got.float(), expected.float(), dim=1, eps=1e-12)
-    if not bool((cosine >= tolerance).all()):
-        return None
-    return optimized
+    return bool((cosine >= tolerance).all())

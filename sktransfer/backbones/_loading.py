@@ -137,22 +137,32 @@ def _memo_key(name, weights):
 
 def load_named(name, weights):
     """A registry model (a copy of one built before in this process when there is one)."""
+    return copy.deepcopy(kept_named(name, weights)[0])
+
+
+def kept_named(name, weights):
+    """``(built, notes)``: this process's kept build of a registry model, built if need be.
+
+    ``built`` is shared: never modify it, copy it. ``notes`` is a dict kept and
+    dropped with it, where users store what they derive from these weights (an
+    extractor's layers and feature widths), so that it is worked out once.
+    """
     key = _memo_key(name, weights)
     with _BUILT_LOCK:
-        built = _BUILT.get(key) if key is not None else None
-        if built is not None:
+        kept = _BUILT.get(key) if key is not None else None
+        if kept is not None:
             _BUILT.move_to_end(key)
-    if built is None:
+    if kept is None:
         # building draws random initial weights; the caller's random stream must not depend on
         # whether this process built the backbone before (random_state repeatability)
         with torch.random.fork_rng(devices=[]):
-            built = _build_named(name, weights)
+            kept = _build_named(name, weights), {}
         if key is not None:
             with _BUILT_LOCK:
-                _BUILT[key] = built
+                _BUILT[key] = kept
                 while len(_BUILT) > _BUILT_MAX:
                     _BUILT.popitem(last=False)
-    return copy.deepcopy(built)
+    return kept
 
 
 def _build_named(name, weights):

@@ -106,6 +106,8 @@ def prepared_batches(source, spec, batch_size, device, channels_last=False, num_
     """
     n = len(source)
     if num_workers == 0:
+        # no thread preparing the next batch meanwhile: measured slower on 2 cores, where it only
+        # competes with the network's threads (docs/benchmarks.md); worker processes do that for files
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             yield start, stop, prepare_indices(source, slice(start, stop), spec, device, channels_last)

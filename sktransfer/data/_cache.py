@@ -22,8 +22,9 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
+import torch
 
-from .._digest import array_digest
+from .._digest import array_digest, row_digests
 from ._sources import ArraySource, SubsetSource, is_pil
 
 DEFAULT_MAX_BYTES = 1 << 30
@@ -62,6 +63,18 @@ class MemoryLRU:
             while self.nbytes > limit:
                 _, old = self.data.popitem(last=False)
                 self.nbytes -= old.nbytes
+
+    def get_many(self, keys):
+        """Values of ``keys`` (``None`` for misses and ``None`` keys), under one lock."""
+        with self.lock:
+            values = [None if key is None else self.data.get(key) for key in keys]
+            for key, value in zip(keys, values):
+                if value is not None:
+                    self.data.move_to_end(key)
+            found = sum(value is not None for value in values)
+            self.hits += found
+            self.misses += sum(key is not None for key in keys) - found
+        return values
 
     def clear(self):
         with self.lock:
@@ -102,7 +115,12 @@ def cache_info():
 def item_keys(source):
     """One content key per image of an :class:`~sktransfer.data._sources.ImageSource`."""
     if isinstance(source, ArraySource):
-        return [array_digest(source.data[i]) for i in range(len(source))]
+        data = source.data
+        if isinstance(data, torch.Tensor) and data.dtype != torch.bfloat16:
+            data = data.detach().cpu().numpy()  # the same keys as the equal numpy array
+        if isinstance(data, np.ndarray):
+            return row_digests(data)
+        return [array_digest(data[i]) for i in range(len(source))]
     keys = []
     for item in source.items:
         if isinstance(item, (str, os.PathLike)):
@@ -153,8 +171,7 @@ def cached_transform(source, setting, compute, max_bytes, folder=None):
     disk = DiskCache(folder, setting) if folder is not None else None
     found = {}
     missing = []
-    for i, key in enumerate(keys):
-        value = None if key is None else _MEMORY.get(key)
+    for i, (key, value) in enumerate(zip(keys, _MEMORY.get_many(keys))):
         if value is None and key is not None and disk is not None:
             value = disk.get(key)
             if value is not None:

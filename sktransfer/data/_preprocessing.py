@@ -71,7 +71,7 @@ def to_rgb(batch):
 
 
 def resize(batch, size, interpolation):
-    """Resize a float (N, C, H, W) batch to ``size`` x ``size``."""
+    """Resize a float (N, C, H, W) batch to ``size`` x ``size`` (antialiased when bilinear or bicubic)."""
     if tuple(batch.shape[-2:]) == (size, size):
         return batch
     if interpolation in ("nearest", "area"):
@@ -81,28 +81,45 @@ def resize(batch, size, interpolation):
     )
 
 
-def normalize(batch, mean, std):
-    mean = torch.as_tensor(mean, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
-    return (batch - mean) / std
+def _resized(images, spec, device):
+    """``(float32 images at the input size on device, white value)``: uint8 stays in 0-255.
+
+    Alpha is dropped and grey resized as one channel before any work is spent on
+    them. uint8 images move to the device as uint8 (a quarter of the bytes) and
+    become float there, in the NCHW layout whose resizing kernels are fastest;
+    their division by 255 waits for the normalisation, which does it in the same
+    pass. Resizing is linear, so this equals resizing the divided values.
+    """
+    if images.shape[1] == 4:
+        images = images[:, :3]
+    elif images.shape[1] not in (1, 3):
+        to_rgb(images)  # raises the clear error
+    white = 255.0 if images.dtype == torch.uint8 else 1.0
+    images = images.to(device, non_blocking=True)
+    if white != 1.0:
+        images = images.contiguous().float()
+    return resize(images, spec.image_size, spec.interpolation), white
+
+
+def _normalized(images, white, spec, channels_last):
+    """``(images / white - mean) / std`` as RGB float32, in one pass over a new tensor."""
+    scale = torch.tensor([1.0 / (white * s) for s in spec.std], dtype=torch.float32, device=images.device)
+    shift = torch.tensor([m / s for m, s in zip(spec.mean, spec.std)], dtype=torch.float32, device=images.device)
+    out = to_rgb(images).mul(scale.view(1, 3, 1, 1)).sub_(shift.view(1, 3, 1, 1))  # the input is never written
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def prepare_batch(images, spec, device, channels_last=False):
-    """Turn raw images in [0, 1] into the backbone's normalised input.
+    """Turn raw images into the backbone's normalised input.
 
-    ``images`` is a float tensor (N, C, H, W) or a list of (C, H, W) tensors of
-    possibly different sizes. Nothing is modified in place.
+    ``images`` is a (N, C, H, W) tensor, float32 in [0, 1] or uint8 in
+    [0, 255], or a list of (C, H, W) such tensors of possibly different sizes.
+    Nothing is modified in place.
     """
     if isinstance(images, (list, tuple)):
-        images = torch.cat(
-            [
-                resize(to_rgb(img.unsqueeze(0).to(device, non_blocking=True)), spec.image_size, spec.interpolation)
-                for img in images
-            ]
-        )
+        parts = [_resized(img.unsqueeze(0), spec, device) for img in images]
+        images = torch.cat([to_rgb(x / white if white != 1.0 else x) for x, white in parts])
+        white = 1.0
     else:
-        images = resize(to_rgb(images.to(device, non_blocking=True)), spec.image_size, spec.interpolation)
-    images = normalize(images, spec.mean, spec.std)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
+        images, white = _resized(images, spec, device)
+    return _normalized(images, white, spec, channels_last)

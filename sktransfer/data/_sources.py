@@ -41,7 +41,7 @@ def _dtype_name(array):
 
 
 class ImageSource:
-    """A sized collection of images that yields float tensors in [0, 1]."""
+    """A sized collection of images that yields tensors: uint8 (0-255) or float32 in [0, 1]."""
 
     #: numeric arrays report their raw value range; files and PIL images are uint8
     value_range = None
@@ -50,7 +50,8 @@ class ImageSource:
         raise NotImplementedError
 
     def batch(self, indices):
-        """Images at ``indices``: a (b, C, H, W) float32 tensor or a list of (C, H, W) tensors."""
+        """Images at ``indices``: a (b, C, H, W) tensor or a list of (C, H, W) tensors, uint8 or
+        float32 in [0, 1] (:func:`~sktransfer.data._preprocessing.prepare_batch` takes both)."""
         raise NotImplementedError
 
     @property
@@ -60,7 +61,14 @@ class ImageSource:
 
 
 def _scale(array, pixel_range):
-    """Numeric array or tensor -> float32 tensor in [0, 1] (always a fresh copy)."""
+    """Numeric array or tensor -> CPU tensor: uint8 as it is (0-255; a view, never written to),
+    any other dtype float32 in [0, 1] (a fresh copy). uint8 is scaled with the normalisation."""
+    if _dtype_name(array) == "uint8":
+        if isinstance(array, torch.Tensor):
+            return array.detach().to("cpu")
+        if not array.flags.writeable or any(step < 0 for step in array.strides):
+            array = array.copy(order="K")  # torch views neither read-only nor reversed arrays
+        return torch.from_numpy(array)
     if isinstance(array, torch.Tensor):
         tensor = array.detach().to("cpu", torch.float32, copy=True)
     else:

@@ -1,0 +1,142 @@
+"""What :class:`PretrainedFeatureExtractor.fit` derives from its backbone, worked out once per process.
+
+A grid search fits the same extractor settings once per candidate and fold
+(26 times for 5 candidates x 5 folds). For a named backbone, everything ``fit``
+derives from the network (the layers to read, their feature widths, the
+preprocessing in use, the weights' digest that keys the embedding cache)
+depends only on the settings, so the first fit works it out and stores it
+beside the process's kept build of the network
+(:func:`~sktransfer.backbones._loading.kept_named`); later fits read it. Their
+network is a :class:`LazyBackbone`: copied from the kept build only when an
+image has to go through it, so a fit and transforms whose images are all in
+the embedding cache copy no network at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ._device import module_device
+from ._digest import state_digest
+from ._inference import extract
+from .backbones._cut import resolve_layer
+from .backbones._layer_outputs import forward_layers, resolve_layers
+from .backbones._loading import _check_weights_arg, kept_named, load_backbone
+from .backbones._weights import download_progress
+from .data._preprocessing import Preprocessing
+from .data._sources import ArraySource
+
+
+class LazyBackbone:
+    """A frozen backbone, made by ``make()`` on first use (thread-safe)."""
+
+    def __init__(self, module=None, make=None):
+        self._module = module
+        self._make = make
+        self._lock = threading.Lock()
+
+    @property
+    def made(self):
+        return self._module is not None
+
+    def get(self):
+        if self._module is None:
+            with self._lock:
+                if self._module is None:
+                    self._module = self._make()
+                    self._make = None
+        return self._module
+
+
+class LazyBackboneAttribute:
+    """``backbone_`` read from the :class:`LazyBackbone` in ``_backbone``; a pickle holds the network."""
+
+    @property
+    def backbone_(self):
+        """The loaded, frozen network (copied from the process's kept build on first use)."""
+        try:
+            lazy = self.__dict__["_backbone"]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute 'backbone_'") from None
+        return lazy.get()
+
+    @backbone_.setter
+    def backbone_(self, module):
+        self._backbone = LazyBackbone(module)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # object.__getstate__ returns the __dict__ itself
+        lazy = state.pop("_backbone", None)
+        if lazy is not None:  # made now if it was not yet: the pickle must not need this process
+            state["backbone_"] = lazy.get()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        backbone = state.pop("backbone_", None)
+        super().__setstate__(state)
+        if backbone is not None:
+            self._backbone = LazyBackbone(backbone)
+
+
+@dataclass(frozen=True)
+class SetupFacts:
+    """What a fit derives from the network: the same for every fit with the same settings."""
+
+    backbone_preprocessing: Preprocessing  # the backbone's own, overrides applied
+    preprocessing: Preprocessing  # in use (image_size applied)
+    layers: tuple
+    layer_widths: tuple
+    weights_digest: str
+    family: str
+
+
+def _frozen_copy(template, preprocessing):
+    backbone = copy.deepcopy(template)
+    backbone.preprocessing = preprocessing
+    return backbone.eval().requires_grad_(False)
+
+
+def setup_backbone(extractor):
+    """``(LazyBackbone, SetupFacts or None)`` for a fit of ``extractor``.
+
+    Backbones that are modules or fitted estimators, and ``adapt_bn=True``
+    (whose weights depend on the images), are built at every fit and their
+    facts are ``None``: :func:`work_out` them once the network is final.
+    """
+    name = extractor.backbone
+    if not isinstance(name, str) or extractor.adapt_bn:
+        backbone = load_backbone(name, extractor.weights, extractor.preprocessing, extractor.verbose)
+        return LazyBackbone(backbone.eval().requires_grad_(False)), None
+    _check_weights_arg(extractor.weights)
+    with download_progress(extractor.verbose):
+        template, notes = kept_named(name, extractor.weights)
+    key = ("extractor", repr(extractor.preprocessing), extractor.image_size, repr(extractor.layer),
+           extractor.pooling)
+    facts = notes.get(key)
+    if facts is not None:
+        return LazyBackbone(make=lambda: _frozen_copy(template, facts.backbone_preprocessing)), facts
+    # the first fit with these settings validates the preprocessing overrides and copies the network
+    backbone = load_backbone(template, None, extractor.preprocessing).eval().requires_grad_(False)
+    facts = notes[key] = work_out(backbone, extractor)
+    return LazyBackbone(backbone), facts
+
+
+def work_out(backbone, extractor):
+    """:class:`SetupFacts` of ``backbone`` with ``extractor``'s settings (one 1-image probe on the CPU)."""
+    preprocessing = backbone.preprocessing.replace(image_size=extractor.image_size)
+    size = preprocessing.image_size
+    layers = resolve_layers(backbone, resolve_layer(backbone, extractor.layer, size))
+    device = module_device(backbone)
+    probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
+    widths = [
+        extract(lambda x, plan=[layer]: forward_layers(backbone, x, plan, extractor.pooling),
+                probe, preprocessing, device, 1, channels_last=True).shape[1]
+        for layer in layers
+    ]
+    return SetupFacts(backbone.preprocessing, preprocessing, tuple(layers), tuple(widths),
+                      state_digest(backbone), backbone.family)
