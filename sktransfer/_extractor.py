@@ -29,13 +29,16 @@ from .data._sources import as_images, learn_pixel_range
 from .training._adaptation import adapt_batchnorm
 
 OPTIMIZE_MIN_IMAGES = 128
+WORKERS_MIN_PATHS = 64  # num_workers="auto" starts DataLoader workers only for more paths than this
+ADAPT_BN_BATCH = 64  # AdaBN's statistics depend on the batches: the same ones on every device
 
 
 class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMixin, BaseEstimator):
     """Embeddings from a frozen pretrained CNN, as a scikit-learn transformer.
 
     ``fit`` loads the backbone (nothing is learned from the images except the
-    value range of float inputs); ``transform`` runs it in ``eval()`` mode
+    value range of float inputs; a named backbone is copied from the one this
+    process built before, when an image first needs it); ``transform`` runs it in ``eval()`` mode
     under ``torch.inference_mode`` batch by batch and returns float32 features.
 
     Parameters
@@ -87,13 +90,14 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         of images. ``"auto"``: 64 on a GPU; on the CPU, whose caches favour
         small batches of large images, the power of two nearest below
         ``2**18 / image_size**2`` within [8, 64] (8 at 224 px, 16 at 96-128 px,
-        64 at 64 px and below; measured in docs/benchmarks.md).
+        64 at 64 px and below; measured in docs/benchmarks.md). ``adapt_bn``
+        estimates its statistics in batches of 64 on every device.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
     num_workers : "auto" or int, default="auto"
         Worker processes (``torch.utils.data.DataLoader``) that decode and
         resize image files while the network runs. ``"auto"``: for lists of
-        more than one batch of paths on machines with at least 4 cores, half
+        more than one batch (and 64) of paths on machines with 4 or more cores, half
         the cores (at most 4); otherwise 0, which decodes in the main process
         (on 2 cores a worker only competes with the network for them). Arrays
         are never sent to workers.
@@ -101,7 +105,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         On the CPU, run a traced, frozen and ``optimize_for_inference`` copy of
         the network (BatchNorm folded into convolutions, fused oneDNN kernels;
         embeddings equal the eager ones to cosine >= 0.9999, checked on the
-        first batch it runs, with a fall back to eager execution otherwise).
+        first batches it runs, with a fall back to eager execution otherwise).
         Building it takes about 0.4 s (Lite0) once per fitted extractor, so
         ``"auto"`` does it only for transforms of at least 128 images; ``True``
         always, ``False`` never. GPUs always run eagerly with bf16 autocast.
@@ -293,7 +297,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
         return extract(
             runner, source, self.preprocessing_, device, batch_size, channels_last=True, progress=bar,
-            num_workers=resolve_num_workers(self.num_workers, source, batch_size),
+            num_workers=resolve_num_workers(self.num_workers, source, max(batch_size, WORKERS_MIN_PATHS)),
         )
 
     def get_feature_names_out(self, input_features=None):
@@ -361,8 +365,8 @@ def _adapt_batchnorm(extractor, source):
     """AdaBN at ``fit``: the backbone's BatchNorm statistics of the images ``source``."""
     source.pixel_range = extractor.pixel_range_
     device = resolve_device(extractor.device)
-    batch_size = _batch_size(extractor.batch_size, device, extractor.preprocessing_.image_size)
-    workers = resolve_num_workers(extractor.num_workers, source, batch_size)
+    batch_size = ADAPT_BN_BATCH if extractor.batch_size == "auto" else extractor.batch_size
+    workers = resolve_num_workers(extractor.num_workers, source, max(batch_size, WORKERS_MIN_PATHS))
     data = PreparedImages(source, extractor.preprocessing_, device, True, workers)
     adapt_batchnorm(extractor.backbone_.to(device), data, np.arange(len(source)), device, batch_size)
 

@@ -127,7 +127,7 @@ def setup_backbone(extractor):
 
 
 def work_out(backbone, extractor):
-    """:class:`SetupFacts` of ``backbone`` with ``extractor``'s settings (one 1-image probe on the CPU)."""
+    """:class:`SetupFacts` of ``backbone`` with ``extractor``'s settings (one 1-image probe on its device)."""
     preprocessing = backbone.preprocessing.replace(image_size=extractor.image_size)
     size = preprocessing.image_size
     layers = resolve_layers(backbone, resolve_layer(backbone, extractor.layer, size))

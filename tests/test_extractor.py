@@ -198,3 +198,21 @@ def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeyp
     assert ext._optimized is not None and ext._optimized.traced is None  # built, checked, dropped
     eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X)
     np.testing.assert_allclose(Z, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(X, monkeypatch):
+    import sktransfer.backbones._layer_outputs as mod
+
+    real = mod.torch.jit.optimize_for_inference
+
+    def optimized_for_two(m):
+        module = real(m)
+        return lambda x: module(x) if x.shape[0] == mod.TRACE_BATCH else -module(x)
+
+    monkeypatch.setattr(mod.torch.jit, "optimize_for_inference", optimized_for_two)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
+    eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X)
+    np.testing.assert_allclose(ext.transform(X[:2]), eager.transform(X[:2]), rtol=1e-4, atol=1e-5)
+    assert ext._optimized.traced is not None  # right at the traced size
+    np.testing.assert_allclose(ext.transform(X[:3]), eager.transform(X[:3]), rtol=1e-4, atol=1e-5)
+    assert ext._optimized.traced is None  # caught on the first batch of another size

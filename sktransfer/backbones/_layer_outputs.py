@@ -103,13 +103,16 @@ class PlanModule(nn.Module):
         return forward_layers(self.backbone, x, self.plan, self.pooling)
 
 
+TRACE_BATCH = 2  # images in the example the plan is traced with
+
+
 def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
     """Trace, freeze and ``optimize_for_inference`` the plan (BatchNorm folded into
     convolutions, fused oneDNN kernels): a :class:`CheckedTrace`, or ``None``
     when tracing fails. ``backbone`` is only read.
     """
     module = PlanModule(backbone, plan, pooling).eval()
-    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(TRACE_BATCH, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -123,13 +126,15 @@ def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
 
 
 class CheckedTrace:
-    """The optimized module, checked against the eager plan on the first batch it runs.
+    """The optimized module, checked against the eager plan on the batches it runs first.
 
-    Its first batch's first two embeddings must match the eager ones (cosine >=
-    ``tolerance`` each); every batch must give one row per image of the eager
-    width. Any failure, mismatch or error switches to eager execution for good.
-    Checking a real batch costs an eager forward of two images, where a check
-    on a batch of its own cost a warm-up of the optimized module besides.
+    The first batch, and the first whose size differs from the traced
+    example's (a graph that baked in the batch size passes a batch of that
+    size), must match the eager embeddings of their first two images (cosine
+    >= ``tolerance`` each); every batch must give one row per image of the
+    eager width. Any failure, mismatch or error switches to eager execution for
+    good. Checking real batches costs an eager forward of two images, where a
+    check on a batch of its own cost a warm-up of the optimized module besides.
     """
 
     def __init__(self, traced, eager, tolerance):
@@ -137,25 +142,35 @@ class CheckedTrace:
         self.eager = eager
         self.tolerance = tolerance
         self.width = None
+        self.checked_other_size = False
 
     def __call__(self, x):
         if self.traced is not None:
-            try:
-                # the graph is optimized already: the profiling executor's first runs only cost time
-                with warnings.catch_warnings(), torch.jit.optimized_execution(False):
-                    warnings.simplefilter("ignore")
-                    out = self.traced(x)
-            except Exception:
-                out = None
-            if out is not None and self.width is None:
-                expected = self.eager(x[:2])
-                self.width = expected.shape[1]
-                if out.shape[1:] != expected.shape[1:] or not _agree(out[:2], expected, self.tolerance):
-                    out = None
+            out = self._traced(x)
             if out is not None and tuple(out.shape) == (x.shape[0], self.width):
                 return out
             self.traced = None  # eager from now on
         return self.eager(x)
+
+    def _traced(self, x):
+        """The traced module's output, or ``None`` where it fails or disagrees with the eager plan."""
+        checking = self.width is None or (not self.checked_other_size and x.shape[0] != TRACE_BATCH)
+        try:
+            # the graph is optimized already: the profiling executor's first runs only cost time
+            with torch.jit.optimized_execution(False):
+                if not checking:
+                    return self.traced(x)
+                with warnings.catch_warnings():  # first runs only: not thread-safe, and may warn
+                    warnings.simplefilter("ignore")
+                    out = self.traced(x)
+        except Exception:
+            return None
+        expected = self.eager(x[:2])
+        self.width = expected.shape[1]
+        if out.shape[1:] != expected.shape[1:] or not _agree(out[:2], expected, self.tolerance):
+            return None
+        self.checked_other_size = self.checked_other_size or x.shape[0] != TRACE_BATCH
+        return out
 
 
 def _agree(got, expected, tolerance):

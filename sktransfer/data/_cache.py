@@ -116,8 +116,8 @@ def item_keys(source):
     """One content key per image of an :class:`~sktransfer.data._sources.ImageSource`."""
     if isinstance(source, ArraySource):
         data = source.data
-        if isinstance(data, torch.Tensor) and data.dtype != torch.bfloat16:
-            data = data.detach().cpu().numpy()  # the same keys as the equal numpy array
+        if isinstance(data, torch.Tensor) and data.device.type == "cpu" and data.dtype != torch.bfloat16:
+            data = data.detach().numpy()  # a view: the same keys as the equal numpy array
         if isinstance(data, np.ndarray):
             return row_digests(data)
         return [array_digest(data[i]) for i in range(len(source))]
