@@ -86,12 +86,11 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         Overrides of the backbone's mean, std, interpolation or native size
         (needed for a custom ``nn.Module`` not trained on ImageNet statistics).
     batch_size : "auto" or int, default="auto"
-        Images per forward pass; memory is bounded by it whatever the number
-        of images. ``"auto"``: 64 on a GPU; on the CPU, whose caches favour
-        small batches of large images, the power of two nearest below
-        ``2**18 / image_size**2`` within [8, 64] (8 at 224 px, 16 at 96-128 px,
-        64 at 64 px and below; measured in docs/benchmarks.md). ``adapt_bn``
-        estimates its statistics in batches of 64 on every device.
+        Images per forward pass (memory is bounded by it). ``"auto"``: 64 on a
+        GPU; on the CPU, whose caches favour small batches of large images, the
+        power of two nearest below ``2**18 / image_size**2`` within [8, 64]
+        (8 at 224 px, 16 at 96-128 px, 64 at 64 px and below; measured in
+        docs/benchmarks.md). ``adapt_bn`` always uses batches of 64.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
     num_workers : "auto" or int, default="auto"
