@@ -296,7 +296,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
         return extract(
             runner, source, self.preprocessing_, device, batch_size, channels_last=True, progress=bar,
-            num_workers=resolve_num_workers(self.num_workers, source, max(batch_size, WORKERS_MIN_PATHS)),
+            num_workers=_num_workers(self, source, batch_size),
         )
 
     def get_feature_names_out(self, input_features=None):
@@ -351,6 +351,11 @@ def _batch_size(batch_size, device, image_size):
     return min(64, max(8, 1 << max(fits, 1).bit_length() - 1))
 
 
+def _num_workers(extractor, source, batch_size):
+    """DataLoader workers for ``source``: only for more than one batch and ``WORKERS_MIN_PATHS`` paths."""
+    return resolve_num_workers(extractor.num_workers, source, max(batch_size, WORKERS_MIN_PATHS))
+
+
 def _optimized_runner(extractor):
     """The traced module (a CheckedTrace), built once per fit (never pickled); ``None`` if it cannot be."""
     if not hasattr(extractor, "_optimized"):
@@ -365,7 +370,6 @@ def _adapt_batchnorm(extractor, source):
     source.pixel_range = extractor.pixel_range_
     device = resolve_device(extractor.device)
     batch_size = ADAPT_BN_BATCH if extractor.batch_size == "auto" else extractor.batch_size
-    workers = resolve_num_workers(extractor.num_workers, source, max(batch_size, WORKERS_MIN_PATHS))
-    data = PreparedImages(source, extractor.preprocessing_, device, True, workers)
+    data = PreparedImages(source, extractor.preprocessing_, device, True, _num_workers(extractor, source, batch_size))
     adapt_batchnorm(extractor.backbone_.to(device), data, np.arange(len(source)), device, batch_size)
 

@@ -25,8 +25,7 @@ from ._digest import state_digest
 from ._inference import extract
 from .backbones._cut import resolve_layer
 from .backbones._layer_outputs import forward_layers, resolve_layers
-from .backbones._loading import _check_weights_arg, kept_named, load_backbone
-from .backbones._weights import download_progress
+from .backbones._loading import kept_named, load_backbone
 from .data._preprocessing import Preprocessing
 from .data._sources import ArraySource
 
@@ -112,9 +111,7 @@ def setup_backbone(extractor):
     if not isinstance(name, str) or extractor.adapt_bn:
         backbone = load_backbone(name, extractor.weights, extractor.preprocessing, extractor.verbose)
         return LazyBackbone(backbone.eval().requires_grad_(False)), None
-    _check_weights_arg(extractor.weights)
-    with download_progress(extractor.verbose):
-        template, notes = kept_named(name, extractor.weights)
+    template, notes = kept_named(name, extractor.weights, extractor.verbose)
     key = ("extractor", repr(extractor.preprocessing), extractor.image_size, repr(extractor.layer),
            extractor.pooling)
     facts = notes.get(key)

@@ -101,8 +101,7 @@ def load_backbone(backbone=DEFAULT_BACKBONE, weights="DEFAULT", preprocessing=No
     elif isinstance(backbone, nn.Module):
         return from_module(backbone, weights, preprocessing)
     elif isinstance(backbone, str):
-        with download_progress(verbose):
-            result = load_named(backbone, weights)
+        result = load_named(backbone, weights, verbose)
     else:
         raise TypeError(
             "backbone must be a model name such as 'efficientnet_lite0', 'resnet18' or "
@@ -135,18 +134,20 @@ def _memo_key(name, weights):
     return name, weights, weights_cache_dirs()
 
 
-def load_named(name, weights):
+def load_named(name, weights, verbose=0):
     """A registry model (a copy of one built before in this process when there is one)."""
-    return copy.deepcopy(kept_named(name, weights)[0])
+    return copy.deepcopy(kept_named(name, weights, verbose)[0])
 
 
-def kept_named(name, weights):
-    """``(built, notes)``: this process's kept build of a registry model, built if need be.
+def kept_named(name, weights, verbose=0):
+    """``(built, notes)``: this process's kept build of a registry model, built if need be
+    (named weights downloaded on first use, with a progress bar when ``verbose``).
 
     ``built`` is shared: never modify it, copy it. ``notes`` is a dict kept and
     dropped with it, where users store what they derive from these weights (an
     extractor's layers and feature widths), so that it is worked out once.
     """
+    _check_weights_arg(weights)
     key = _memo_key(name, weights)
     with _BUILT_LOCK:
         kept = _BUILT.get(key) if key is not None else None
@@ -155,7 +156,7 @@ def kept_named(name, weights):
     if kept is None:
         # building draws random initial weights; the caller's random stream must not depend on
         # whether this process built the backbone before (random_state repeatability)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), download_progress(verbose):
             kept = _build_named(name, weights), {}
         if key is not None:
             with _BUILT_LOCK:

@@ -42,14 +42,7 @@ class MemoryLRU:
         self.lock = threading.Lock()
 
     def get(self, key):
-        with self.lock:
-            value = self.data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self.data.move_to_end(key)
-            self.hits += 1
-            return value
+        return self.get_many([key])[0]
 
     def put(self, key, value, max_bytes=None):
         limit = self.max_bytes if max_bytes is None else max_bytes
