@@ -20,6 +20,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import _safe_indexing
 from sklearn.utils._param_validation import HasMethods
 
+from ._domain import BATCH_METHODS
 from ._validation import Number
 from .training._distillation import DistillTerm, soften
 
@@ -108,7 +109,7 @@ class DistillationMixin:
                 f"have classes {ours.tolist()}: the teacher and the student need the same classes_ in the "
                 "same order (fit the teacher on the same label set)."
             )
-        if self._adaptation_method() in ("coral", "dann", "pseudo_label"):
+        if self._adaptation_method() in BATCH_METHODS:
             raise ValueError(
                 f"teacher cannot be combined with adaptation={self.adaptation!r}: both train on the unlabelled "
                 "rows. Use one of them (adaptation='adabn' combines)."

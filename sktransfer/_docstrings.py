@@ -195,7 +195,7 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         are missing (use an object or float array); single-task ``y`` then has
         no missing labels (NaN raises). Set e.g. ``-1`` for integer labels,
         scikit-learn's semi-supervised convention.
-    adaptation : {"adabn", "coral", "dann", "pseudo_label", "auto"} or None, default=None
+    adaptation : {"adabn", "coral", "dann", "pseudo_label", "info_max", "auto"} or None, default=None
         Domain adaptation to the unlabelled rows (see ``missing_label`` and
         ``fit``'s ``sample_domain``), the target domain; the labelled rows
         are the source. ``"adabn"``: after training, the backbone's
@@ -205,12 +205,17 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         domain-adversarial training (a domain classifier behind a
         gradient-reversal layer, its weight scheduled as in Ganin et al.,
         2016). ``"pseudo_label"``: self-training on the model's confident
-        target predictions. ``"auto"``: ``"coral"``, the largest
-        target gain among the methods that kept source accuracy within 0.03
-        on the shifts of ``benchmarks/domain_adaptation.py`` (docs/benchmarks.md). ``None``: no adaptation.
+        target predictions. ``"info_max"``: information maximisation (the IM
+        loss of SHOT, Liang et al., 2020): confident target predictions,
+        spread over the classes. ``"auto"``: ``"info_max"``, the largest
+        target gain with source accuracy kept within 0.03 on the shifts of
+        ``benchmarks/domain_adaptation.py`` (docs/benchmarks.md); with
+        several tasks, ``"coral"``. ``"pseudo_label"`` and ``"info_max"``
+        need single-task ``y``.
+        ``None``: no adaptation.
     adaptation_weight : float, default=1.0
         Weight of the adaptation loss term (``"coral"``, ``"dann"``,
-        ``"pseudo_label"``) in the training objective.
+        ``"pseudo_label"``, ``"info_max"``) in the training objective.
     teacher : fitted classifier or None, default=None
         Knowledge distillation (Hinton et al., 2015): any fitted
         single-task classifier with ``predict_proba`` and the same

@@ -26,8 +26,10 @@ from ._validation import Number
 from .data._sources import as_images
 from .training._adaptation import (
     ADAPTATIONS,
+    PREDICTION_METHODS,
     CoralTerm,
     DannTerm,
+    InformationMaxTerm,
     PseudoLabelTerm,
     adapt_batchnorm,
 )
@@ -38,10 +40,11 @@ ADAPTATION_CONSTRAINTS = {
     "adaptation": [StrOptions({*ADAPTATIONS, "auto"}), None],
     "adaptation_weight": [Number(Real, 0, None, closed="left")],
 }
-# adaptation="auto": the method that measured best across shifts (docs/benchmarks.md)
-AUTO_ADAPTATION = "coral"
+# adaptation="auto": the method that measured best across shifts (docs/benchmarks.md); with
+# several tasks, which "info_max" does not take, the best of the others
+AUTO_ADAPTATION, AUTO_ADAPTATION_MULTI_TASK = "info_max", "coral"
 # methods that draw a batch of target rows beside every labelled batch
-_BATCH_METHODS = ("coral", "dann", "pseudo_label")
+BATCH_METHODS = ("coral", "dann", "pseudo_label", "info_max")
 
 
 def with_unlabelled(y_known, unlabelled):
@@ -60,7 +63,9 @@ class AdaptationMixin:
 
     def _adaptation_method(self):
         method = getattr(self, "adaptation", None)
-        return AUTO_ADAPTATION if isinstance(method, str) and method == "auto" else method
+        if isinstance(method, str) and method == "auto":
+            return AUTO_ADAPTATION if getattr(self, "n_outputs_", 1) == 1 else AUTO_ADAPTATION_MULTI_TASK
+        return method
 
     def _fit_rows(self, y_enc, rng, resume=None, labelled_only=False):
         """``(train_idx, valid_idx, target_idx)``: labelled training and validation rows (a
@@ -89,10 +94,10 @@ class AdaptationMixin:
                 "missing_label (e.g. missing_label=-1 and y=-1) or pass sample_domain (negative ids). "
                 "The model is trained on the labelled rows only.", UserWarning, stacklevel=5,
             )
-        if method not in _BATCH_METHODS or not len(target_idx):
+        if method not in BATCH_METHODS or not len(target_idx):
             return np.zeros(0, dtype=np.int64)
-        if method == "pseudo_label" and self.n_outputs_ > 1:
-            raise ValueError("adaptation='pseudo_label' needs single-task y; use 'coral', 'dann' or 'adabn'.")
+        if method in PREDICTION_METHODS and self.n_outputs_ > 1:
+            raise ValueError(f"adaptation={method!r} needs single-task y; use 'coral', 'dann' or 'adabn'.")
         if self.checkpoint_dir is not None:
             raise ValueError(
                 f"adaptation={method!r} cannot resume from checkpoint_dir (its schedule and target batches "
@@ -109,6 +114,8 @@ class AdaptationMixin:
             return [lambda net: DannTerm(net.n_features, weight, next(net.head.parameters()).device)]
         if method == "pseudo_label":
             return [lambda net: PseudoLabelTerm(weight)]
+        if method == "info_max":
+            return [lambda net: InformationMaxTerm(weight)]
         return []
 
     def _adapt_statistics(self, data, target_idx, source_idx, device):

@@ -15,6 +15,10 @@ objective (``term(step) -> scalar``), built like the L2-SP penalty:
 * ``"pseudo_label"``: self-training (Lee, ICML-W 2013): the model's own
   confident predictions on target rows (max probability >= ``threshold``) as
   labels, with a weight ramped up over training.
+* ``"info_max"``: information maximisation on the target rows (Krause et al.,
+  NeurIPS 2010; the IM loss of SHOT, Liang et al., ICML 2020): the mean
+  entropy of each target prediction (confident predictions) plus the
+  divergence of their mean from uniform (predictions spread over the classes).
 * ``"adabn"`` (Li et al., 2018) is not a loss: after training, the backbone's
   BatchNorm statistics are re-estimated on the target images
   (:func:`adapt_batchnorm`).
@@ -32,7 +36,9 @@ from torch import nn
 from ..data._batches import batch_indices
 from ._terms import LossTerm
 
-ADAPTATIONS = ("adabn", "coral", "dann", "pseudo_label")
+ADAPTATIONS = ("adabn", "coral", "dann", "pseudo_label", "info_max")
+# methods that learn from the class predictions of target rows: single-task classifiers only
+PREDICTION_METHODS = ("pseudo_label", "info_max")
 
 
 def dann_weight(progress):
@@ -127,6 +133,21 @@ class PseudoLabelTerm(_Term):
             return None
         loss = F.cross_entropy(logits[keep], labels[keep], reduction="sum") / len(logits)
         return self._done(loss * min(1.0, 2.0 * float(step.progress)))
+
+
+class InformationMaxTerm(_Term):
+    """``mean_i H(p_i) + KL(mean_i p_i || uniform)`` over the target rows' predicted class
+    probabilities ``p_i``: 0 for confident predictions spread evenly over the classes."""
+
+    def __call__(self, step):
+        if step.domain is None or not bool(step.domain.any()):
+            return None
+        log_p = torch.log_softmax(step.output[step.domain].float(), 1)
+        p = log_p.exp()
+        conditional = -(p * log_p).sum(1).mean()
+        mean = p.mean(0)
+        to_uniform = (mean * torch.log(mean.clamp_min(1e-12) * mean.numel())).sum()
+        return self._done(conditional + to_uniform)
 
 
 def adapt_batchnorm(backbone, data, indices, device, batch_size, source_indices=None):
