@@ -206,8 +206,9 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         gradient-reversal layer, its weight scheduled as in Ganin et al.,
         2016). ``"pseudo_label"``: self-training on the model's confident
         target predictions. ``"info_max"``: information maximisation (the IM
-        loss of SHOT, Liang et al., 2020): confident target predictions,
-        spread over the classes. ``"auto"``: ``"info_max"``, the largest
+        loss of SHOT, Liang et al., 2020): confident target predictions
+        whose mean is the labelled rows' class frequencies (if the target's
+        classes are balanced otherwise, lower ``adaptation_weight``). ``"auto"``: ``"info_max"``, the largest
         target gain with source accuracy kept within 0.03 on the shifts of
         ``benchmarks/domain_adaptation.py`` (docs/benchmarks.md); with
         several tasks, ``"coral"``. ``"pseudo_label"`` and ``"info_max"``

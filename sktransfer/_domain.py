@@ -105,8 +105,9 @@ class AdaptationMixin:
             )
         return target_idx
 
-    def _adaptation_terms(self):
-        """Factories of the adaptation's loss terms (see ``training/_adaptation.py``)."""
+    def _adaptation_terms(self, y_enc):
+        """Factories of the adaptation's loss terms (see ``training/_adaptation.py``); ``y_enc``:
+        the encoded targets of the fit's rows, ``-1`` on the unlabelled ones."""
         method, weight = self._adaptation_method(), getattr(self, "adaptation_weight", 1.0)
         if method == "coral":
             return [lambda net: CoralTerm(weight)]
@@ -115,7 +116,10 @@ class AdaptationMixin:
         if method == "pseudo_label":
             return [lambda net: PseudoLabelTerm(weight)]
         if method == "info_max":
-            return [lambda net: InformationMaxTerm(weight)]
+            labels = np.asarray(y_enc).reshape(len(y_enc), -1)[:, 0]
+            counts = np.bincount(labels[labels >= 0], minlength=len(self.classes_)).astype(np.float64)
+            prior = np.maximum(counts, 0.5) / np.maximum(counts, 0.5).sum()  # no class of zero frequency
+            return [lambda net: InformationMaxTerm(weight, prior)]
         return []
 
     def _adapt_statistics(self, data, target_idx, source_idx, device):

@@ -154,10 +154,10 @@ def test_pseudo_labels_use_only_confident_target_rows():
 
 
 def test_information_max_is_the_entropy_of_each_prediction_plus_the_spread_of_their_mean():
-    def value(logits, domain):
+    def value(logits, domain, prior=None):
         step = Step(None, None, torch.as_tensor(logits, dtype=torch.float32), np.arange(len(logits)), None,
                     torch.as_tensor(domain), progress=0.5)
-        return float(InformationMaxTerm(weight=2.0)(step))
+        return float(InformationMaxTerm(weight=2.0, prior=prior)(step))
 
     confident_and_spread = [[20.0, 0.0, 0.0], [0.0, 20.0, 0.0], [0.0, 0.0, 20.0]]
     assert value(confident_and_spread, [True] * 3) == pytest.approx(0.0, abs=1e-6)
@@ -171,6 +171,19 @@ def test_information_max_is_the_entropy_of_each_prediction_plus_the_spread_of_th
     mean = p.mean(0)
     expected = -(p * np.log(p)).sum(1).mean() + (mean * np.log(mean * 3)).sum()
     assert value(np.log(p), [True, True]) == pytest.approx(2.0 * expected, rel=1e-5)
+    # with the labelled rows' class frequencies as the prior, their mean is measured against it
+    like_the_labels = [[20.0, 0.0, 0.0], [20.0, 0.0, 0.0], [0.0, 20.0, 0.0], [0.0, 0.0, 20.0]]
+    assert value(like_the_labels, [True] * 4, prior=[0.5, 0.25, 0.25]) == pytest.approx(0.0, abs=1e-6)
+    assert value(like_the_labels, [True] * 4) == pytest.approx(2.0 * (np.log(3) - 1.5 * np.log(2)), rel=1e-5)
+
+
+def test_information_max_prior_is_the_labelled_class_frequencies(digits):
+    _, X, y = digits
+    y_fit = np.r_[np.where(y[:40] == 0, 0, 1), -np.ones(20, int)]  # 4 of 40 labelled rows are class 0
+    clf = FineTuneClassifier(adaptation="info_max", missing_label=-1, **FAST).fit(X[:60], y_fit)
+    counts = np.bincount(y_fit[:40])
+    term = clf._adaptation_terms(y_fit)[0](clf.net_)  # classes 0 and 1: encoded as they are
+    np.testing.assert_allclose(term.log_prior.exp().numpy(), counts / counts.sum(), rtol=1e-6)
 
 
 ADAPT = dict(image_size=32, random_state=0, missing_label=-1)

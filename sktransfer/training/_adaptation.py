@@ -18,7 +18,8 @@ objective (``term(step) -> scalar``), built like the L2-SP penalty:
 * ``"info_max"``: information maximisation on the target rows (Krause et al.,
   NeurIPS 2010; the IM loss of SHOT, Liang et al., ICML 2020): the mean
   entropy of each target prediction (confident predictions) plus the
-  divergence of their mean from uniform (predictions spread over the classes).
+  divergence of their mean from the labelled rows' class frequencies
+  (predictions spread over the classes as the labels are; SHOT uses uniform).
 * ``"adabn"`` (Li et al., 2018) is not a loss: after training, the backbone's
   BatchNorm statistics are re-estimated on the target images
   (:func:`adapt_batchnorm`).
@@ -136,8 +137,13 @@ class PseudoLabelTerm(_Term):
 
 
 class InformationMaxTerm(_Term):
-    """``mean_i H(p_i) + KL(mean_i p_i || uniform)`` over the target rows' predicted class
-    probabilities ``p_i``: 0 for confident predictions spread evenly over the classes."""
+    """``mean_i H(p_i) + KL(mean_i p_i || prior)`` over the target rows' predicted class
+    probabilities ``p_i``: 0 for confident predictions whose mean is the ``prior`` (the class
+    frequencies of the labelled rows; ``None``: uniform, as in SHOT)."""
+
+    def __init__(self, weight, prior=None):
+        super().__init__(weight)
+        self.log_prior = None if prior is None else torch.log(torch.as_tensor(prior, dtype=torch.float32))
 
     def __call__(self, step):
         if step.domain is None or not bool(step.domain.any()):
@@ -146,8 +152,9 @@ class InformationMaxTerm(_Term):
         p = log_p.exp()
         conditional = -(p * log_p).sum(1).mean()
         mean = p.mean(0)
-        to_uniform = (mean * torch.log(mean.clamp_min(1e-12) * mean.numel())).sum()
-        return self._done(conditional + to_uniform)
+        log_prior = -math.log(mean.numel()) if self.log_prior is None else self.log_prior.to(mean.device)
+        to_prior = (mean * (torch.log(mean.clamp_min(1e-12)) - log_prior)).sum()
+        return self._done(conditional + to_prior)
 
 
 def adapt_batchnorm(backbone, data, indices, device, batch_size, source_indices=None):
