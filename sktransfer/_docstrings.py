@@ -208,12 +208,12 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         target predictions. ``"info_max"``: information maximisation (the IM
         loss of SHOT, Liang et al., 2020): confident target predictions
         whose mean is the labelled rows' class frequencies (if the target's
-        classes are balanced otherwise, lower ``adaptation_weight``). ``"auto"``: ``"info_max"``, the largest
-        target gain with source accuracy kept within 0.03 on the shifts of
+        classes are balanced otherwise, lower ``adaptation_weight``).
+        ``"auto"``: ``"info_max"``, the largest target gain with source
+        accuracy kept within 0.03 on the shifts of
         ``benchmarks/domain_adaptation.py`` (docs/benchmarks.md); with
         several tasks, ``"coral"``. ``"pseudo_label"`` and ``"info_max"``
-        need single-task ``y``.
-        ``None``: no adaptation.
+        need single-task ``y``. ``None``: no adaptation.
     adaptation_weight : float, default=1.0
         Weight of the adaptation loss term (``"coral"``, ``"dann"``,
         ``"pseudo_label"``, ``"info_max"``) in the training objective.
