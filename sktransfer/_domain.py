@@ -32,6 +32,7 @@ from .training._adaptation import (
     InformationMaxTerm,
     PseudoLabelTerm,
     adapt_batchnorm,
+    class_prior,
 )
 from .training._objectives import labelled_rows
 from .training._trainer import holdout_split
@@ -117,8 +118,7 @@ class AdaptationMixin:
             return [lambda net: PseudoLabelTerm(weight)]
         if method == "info_max":
             labels = np.asarray(y_enc).reshape(len(y_enc), -1)[:, 0]
-            counts = np.bincount(labels[labels >= 0], minlength=len(self.classes_)).astype(np.float64)
-            prior = np.maximum(counts, 0.5) / np.maximum(counts, 0.5).sum()  # no class of zero frequency
+            prior = class_prior(np.bincount(labels[labels >= 0], minlength=len(self.classes_)))
             return [lambda net: InformationMaxTerm(weight, prior)]
         return []
 

@@ -18,6 +18,7 @@ from sktransfer.training._adaptation import (
     DannTerm,
     InformationMaxTerm,
     PseudoLabelTerm,
+    class_prior,
     coral_loss,
     dann_weight,
     reverse_gradient,
@@ -184,6 +185,12 @@ def test_information_max_prior_is_the_labelled_class_frequencies(digits):
     counts = np.bincount(y_fit[:40])
     term = clf._adaptation_terms(y_fit)[0](clf.net_)  # classes 0 and 1: encoded as they are
     np.testing.assert_allclose(term.log_prior.exp().numpy(), counts / counts.sum(), rtol=1e-6)
+    # counts as uneven as a sample of balanced classes gives by chance: uniform, as in SHOT
+    balanced_sample = np.r_[np.repeat(np.arange(10), 3), np.random.RandomState(0).randint(0, 10, 270)]
+    assert class_prior(np.bincount(balanced_sample)) is None
+    assert clf._adaptation_terms(np.r_[np.zeros(22, int), np.ones(18, int), -1])[0](clf.net_).log_prior is None
+    # a class never seen in a clear imbalance still gets some frequency
+    np.testing.assert_allclose(class_prior([30, 0, 10]), [30 / 40.5, 0.5 / 40.5, 10 / 40.5])
 
 
 ADAPT = dict(image_size=32, random_state=0, missing_label=-1)
