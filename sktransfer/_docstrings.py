@@ -207,9 +207,10 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         2016). ``"pseudo_label"``: self-training on the model's confident
         target predictions. ``"info_max"``: information maximisation (the IM
         loss of SHOT, Liang et al., 2020): confident target predictions
-        whose mean is uniform, or the labelled rows' class frequencies when
-        a chi-square test finds them imbalanced (if the target's classes
-        are balanced otherwise, lower ``adaptation_weight``).
+        whose mean is uniform, or the labelled rows' (weighted) class
+        frequencies when a chi-square test finds them imbalanced (if the
+        target's classes are balanced while the labelled rows' are not,
+        lower ``adaptation_weight``).
         ``"auto"``: ``"info_max"``, the largest target gain with source
         accuracy kept within 0.03 on the shifts of
         ``benchmarks/domain_adaptation.py`` (docs/benchmarks.md); with

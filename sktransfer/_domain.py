@@ -106,9 +106,9 @@ class AdaptationMixin:
             )
         return target_idx
 
-    def _adaptation_terms(self, y_enc):
+    def _adaptation_terms(self, y_enc, w=None):
         """Factories of the adaptation's loss terms (see ``training/_adaptation.py``); ``y_enc``:
-        the encoded targets of the fit's rows, ``-1`` on the unlabelled ones."""
+        the encoded targets of the fit's rows, ``-1`` on the unlabelled ones; ``w`` their weights."""
         method, weight = self._adaptation_method(), getattr(self, "adaptation_weight", 1.0)
         if method == "coral":
             return [lambda net: CoralTerm(weight)]
@@ -118,7 +118,9 @@ class AdaptationMixin:
             return [lambda net: PseudoLabelTerm(weight)]
         if method == "info_max":
             labels = np.asarray(y_enc).reshape(len(y_enc), -1)[:, 0]
-            prior = class_prior(np.bincount(labels[labels >= 0], minlength=len(self.classes_)))
+            known, k = labels >= 0, len(self.classes_)
+            weighted = None if w is None else np.bincount(labels[known], np.asarray(w)[known], minlength=k)
+            prior = class_prior(np.bincount(labels[known], minlength=k), weighted)
             return [lambda net: InformationMaxTerm(weight, prior)]
         return []
 

@@ -290,9 +290,9 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
             self._pretrained = _state_copy(load_backbone(self.backbone, self.weights, self.preprocessing).model)
         return self._pretrained
 
-    def _loss_terms(self, adapting=False, y_enc=None):
+    def _loss_terms(self, adapting=False, y_enc=None, w=None):
         """Factories of the loss terms added to the task loss (weight penalty, adaptation)."""
-        adaptation = self._adaptation_terms(y_enc) if adapting else []
+        adaptation = self._adaptation_terms(y_enc, w) if adapting else []
         if self.reg_lambda == 0:
             return adaptation
         anchor = self._anchor_state() if self._uses_l2sp() else None
@@ -311,7 +311,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
             backbone_lr_scale=self.backbone_lr_scale_, layer_decay=self.layer_decay,
             lr_schedule=self.lr_schedule, batch_size=self.batch_size, augment=augment,
             bn_stats=self.bn_stats_, n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
-            loss_terms=self._loss_terms(adapting, y_enc) + self._distill_terms(w, device),
+            loss_terms=self._loss_terms(adapting, y_enc, w) + self._distill_terms(w, device),
             task_weight=self._task_loss_weight(),
         )
         return Trainer(self.net_, data, y_enc, w, self._loss, self._score, settings, device, rng, self.history_)

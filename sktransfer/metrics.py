@@ -59,6 +59,13 @@ def prediction_entropy_scorer(estimator, X, y=None, sample_domain=None):
     score : float
         ``-mean_i sum_k p_ik log p_ik``, at most 0; greater is better.
 
+    Notes
+    -----
+    Confident predictions can be wrong: compare settings of one method with
+    it, not methods. ``adaptation="info_max"`` (and ``"auto"``) lowers this
+    entropy by design, so this scorer favours it whatever its accuracy; use
+    :func:`importance_weighted_scorer` to compare it with the others.
+
     Examples
     --------
     >>> from sklearn.model_selection import GridSearchCV

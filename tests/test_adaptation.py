@@ -191,6 +191,24 @@ def test_information_max_prior_is_the_labelled_class_frequencies(digits):
     assert clf._adaptation_terms(np.r_[np.zeros(22, int), np.ones(18, int), -1])[0](clf.net_).log_prior is None
     # a class never seen in a clear imbalance still gets some frequency
     np.testing.assert_allclose(class_prior([30, 0, 10]), [30 / 40.5, 0.5 / 40.5, 10 / 40.5])
+    # sample weights make the shares: weights that balance the classes ask for balanced predictions
+    np.testing.assert_allclose(class_prior([30, 0, 10], weighted=[10, 0, 10]), [20 / 40.5, 0.5 / 40.5, 20 / 40.5])
+    balanced = FineTuneClassifier(adaptation="info_max", missing_label=-1, class_weight="balanced", **FAST)
+    balanced.fit(X[:60], y_fit)
+    w = balanced._sample_weights(y_fit, None, len(y_fit))
+    term = balanced._adaptation_terms(y_fit, w)[0](balanced.net_)
+    np.testing.assert_allclose(term.log_prior.exp().numpy(), [0.5, 0.5], rtol=1e-5)
+
+
+def test_information_max_needs_two_target_rows_and_takes_a_prior_with_zeros():
+    def step(logits, domain):
+        return Step(None, None, torch.as_tensor(logits, dtype=torch.float32), np.arange(len(logits)), None,
+                    torch.as_tensor(domain), progress=0.5)
+
+    # one target row would be pulled to the prior's largest class
+    assert InformationMaxTerm(1.0, prior=[0.9, 0.1])(step([[0.0, 0.0], [1.0, 0.0]], [True, False])) is None
+    loss = InformationMaxTerm(1.0, prior=[1.0, 0.0])(step([[0.0, 0.0], [1.0, 0.0]], [True, True]))
+    assert torch.isfinite(loss)
 
 
 ADAPT = dict(image_size=32, random_state=0, missing_label=-1)
@@ -246,6 +264,8 @@ def test_auto_is_info_max_and_coral_with_several_tasks(digits):
     single = FineTuneClassifier(adaptation="auto", missing_label=-1, **FAST).fit(X[:40], y2[:, 0])
     assert single._adaptation_method() == "info_max"
     # the information-maximisation term was trained on: it is in the penalty history
+    assert isinstance(single._adaptation_terms(single.classes_.searchsorted(y[:30]))[0](single.net_),
+                      InformationMaxTerm)
     assert any(row["penalty"] != 0 for row in single.history_)
 
 

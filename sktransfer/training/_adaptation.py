@@ -137,12 +137,14 @@ class PseudoLabelTerm(_Term):
         return self._done(loss * min(1.0, 2.0 * float(step.progress)))
 
 
-def class_prior(counts, alpha=0.05):
+def class_prior(counts, weighted=None, alpha=0.05):
     """The class frequencies the target predictions of ``"info_max"`` should average to.
 
     Uniform (``None``, SHOT's choice) unless a chi-square test rejects balanced classes
-    at level ``alpha`` for the labelled rows' class ``counts``: then their frequencies
-    (a class never seen counts as half a row). A labelled sample drawn from balanced
+    at level ``alpha`` for the labelled rows' class ``counts``: then their frequencies,
+    weighted by the per-class sums of sample weights ``weighted`` when given (so that
+    ``class_weight="balanced"`` asks for balanced predictions, as the task loss does);
+    a class never seen counts as half a row. A labelled sample drawn from balanced
     classes has uneven counts by chance (300 digits: 19 to 40 of a class), and
     matching those cost 0.02 target accuracy on the noise shift of
     ``benchmarks/domain_adaptation.py``; a real imbalance (5:1) made uniform cost 0.09.
@@ -150,6 +152,8 @@ def class_prior(counts, alpha=0.05):
     counts = np.asarray(counts, dtype=np.float64)
     if len(counts) < 2 or counts.sum() == 0 or chisquare(counts).pvalue >= alpha:
         return None
+    if weighted is not None and np.sum(weighted) > 0:  # the weighted shares, on the scale of the counts
+        counts = np.asarray(weighted, dtype=np.float64) / np.sum(weighted) * counts.sum()
     counts = np.maximum(counts, 0.5)
     return counts / counts.sum()
 
@@ -161,10 +165,14 @@ class InformationMaxTerm(_Term):
 
     def __init__(self, weight, prior=None):
         super().__init__(weight)
-        self.log_prior = None if prior is None else torch.log(torch.as_tensor(prior, dtype=torch.float32))
+        if prior is not None:  # a share of 0 would make the divergence infinite
+            prior = torch.as_tensor(prior, dtype=torch.float32).clamp_min(1e-6)
+            prior = torch.log(prior / prior.sum())
+        self.log_prior = prior
 
     def __call__(self, step):
-        if step.domain is None or not bool(step.domain.any()):
+        # one target row would only be pulled towards the prior's largest class
+        if step.domain is None or int(step.domain.sum()) < 2:
             return None
         log_p = torch.log_softmax(step.output[step.domain].float(), 1)
         p = log_p.exp()
