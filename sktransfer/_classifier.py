@@ -14,6 +14,7 @@ from ._distillation import DISTILLATION_CONSTRAINTS
 from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
 from ._domain import ADAPTATION_CONSTRAINTS
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
+from ._probe_ensemble import ProbeEnsembleMixin
 from ._targets import (
     check_class_counts,
     check_same_classes,
@@ -28,12 +29,22 @@ from .backbones._timm import DEFAULT_BACKBONE
 from .training._head_init import solve_logistic_per_task
 from .training._objectives import classification_loss, classification_score
 
+CLASSIFIER_CONSTRAINTS = {
+    **FINETUNE_CONSTRAINTS,
+    "label_smoothing": [Number(Real, 0, 1, closed="left")],
+    "class_weight": [dict, StrOptions({"balanced"}), None],
+    "missing_label": "no_validation",  # any label value
+    **ADAPTATION_CONSTRAINTS,
+    **DISTILLATION_CONSTRAINTS,
+    "probe_ensemble": [StrOptions({"auto"}), "boolean"],
+}
+
 
 def _single_task(estimator):
     return getattr(estimator, "n_outputs_", 1) == 1
 
 
-class FineTuneClassifier(ClassifierMixin, BaseFineTune):
+class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
     """Fine-tune a pretrained CNN end to end behind the scikit-learn classifier API.
 
     The network is the pretrained backbone (its own classifier dropped), a
@@ -56,6 +67,8 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
     history_ : list of dict
         Per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_loss``,
         ``valid_score``, ``lr``, ``seconds``.
+    probe_net_ : TransferNet or None
+        The network fine-tuning started from, averaged in predictions (see ``probe_ensemble``).
 %(fitted_attributes)s
     See Also
     --------
@@ -75,14 +88,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
 
     _target_noun = "class labels"
 
-    _parameter_constraints: dict = {
-        **FINETUNE_CONSTRAINTS,
-        "label_smoothing": [Number(Real, 0, 1, closed="left")],
-        "class_weight": [dict, StrOptions({"balanced"}), None],
-        "missing_label": "no_validation",  # any label value
-        **ADAPTATION_CONSTRAINTS,
-        **DISTILLATION_CONSTRAINTS,
-    }
+    _parameter_constraints: dict = CLASSIFIER_CONSTRAINTS
     # skada's convention, routed by scikit-learn's metadata routing without a set_fit_request call
     __metadata_request__fit = {"sample_domain": True}
 
@@ -133,6 +139,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         teacher=None,
         distill_temperature=4.0,
         distill_weight=0.5,
+        probe_ensemble="auto",
     ):
         super().__init__(
             backbone=backbone, weights=weights, freeze_depth=freeze_depth, reg_lambda=reg_lambda,
@@ -155,6 +162,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         self.teacher = teacher
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
+        self.probe_ensemble = probe_ensemble
 
     # ------------------------------------------------------------ target hooks
     def _set_classes(self, classes_per_task):
@@ -219,6 +227,7 @@ class FineTuneClassifier(ClassifierMixin, BaseFineTune):
         -------
         self : FineTuneClassifier
         """
+        self._check_probe_ensemble()
         return self._fit(X, y, sample_weight, sample_domain)
 
     @_fit_context(prefer_skip_nested_validation=True)

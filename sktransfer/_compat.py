@@ -18,7 +18,7 @@ import sys
 EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update",
                      "head_hidden": None}
 EARLIER_CLASSIFIER = {"adaptation": None, "adaptation_weight": 1.0, "teacher": None, "distill_temperature": 4.0,
-                      "distill_weight": 0.5}
+                      "distill_weight": 0.5, "probe_ensemble": False}
 EARLIER_FITTED = {"layer_": "embedding", "bn_stats_": "update"}
 
 # module of 0.1 -> where its picklable classes live now
@@ -40,6 +40,8 @@ def earlier_finetune_state(state):
         for name, value in EARLIER_CLASSIFIER.items():
             state.setdefault(name, value)
     if "net_" in state:
+        if "missing_label" in state:
+            state.setdefault("probe_net_", None)
         for name, value in EARLIER_FITTED.items():
             state.setdefault(name, value)
         if "backbone_lr_scale_" not in state:

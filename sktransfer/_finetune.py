@@ -241,6 +241,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
             labelled, unlabelled = self._fit_rows(y_enc, None, labelled_only=True)[::2]
             everything = self._distill_rows(labelled, unlabelled)
             if first:
+                self._start_point(None)
                 self._resolve_few_image_settings(len(everything))
                 if self.head_init == "solve":  # the head starts as a linear model solved on frozen features
                     solve_head(self.net_, data, labelled, y_enc, w, device, self.batch_size, self._solved_head)
@@ -323,6 +324,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         self._resolve_few_image_settings(len(train_idx))
         if init_head and self.head_init == "solve":
             solve_head(self.net_, data, labelled_idx, y_enc, w, device, self.batch_size, self._solved_head)
+        if init_head:
+            self._start_point(len(train_idx))
         target_batches = self._target_batches(target_idx)
         trainer = self._trainer(data, y_enc, w, rng, device, resolve_augment(self.augment), len(target_batches))
         trainer.target_idx = target_batches
@@ -348,12 +351,12 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
             checkpointer.finish(self)
 
     # ------------------------------------------------------------- predicting
-    def _logits(self, X):
+    def _logits(self, X, net=None):
         check_is_fitted(self, "net_")
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
         device = resolve_device(self.device)
         workers = resolve_num_workers(self.num_workers, source, self.batch_size)
-        return predict_images(self.net_, source, self.preprocessing_, device, self.batch_size, workers)
+        return predict_images(self.net_ if net is None else net, source, self.preprocessing_, device, self.batch_size, workers)
 
     # --------------------------------------------------------------- transfer
     def export_backbone(self):
@@ -386,7 +389,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         super().__setstate__(earlier_finetune_state(state))
 
     def __getstate__(self):
-        state = cpu_state(super().__getstate__(), ["net_"])
+        state = cpu_state(super().__getstate__(), ["net_", "probe_net_"])
         for private in ("_pretrained", "_partial_optimizer", "_best", "_teacher_proba"):
             state.pop(private, None)
         return state

@@ -244,7 +244,7 @@ def read_file(path):
         state[name] = defaults[name]
     estimator = cls.__new__(cls)
     estimator.__setstate__(state)
-    for module in ("backbone_", "net_"):
+    for module in ("backbone_", "net_", "probe_net_"):
         if isinstance(getattr(estimator, module, None), nn.Module):
             getattr(estimator, module).eval()
     if hasattr(estimator, "backbone_"):

@@ -185,6 +185,9 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
     def _stratify_labels(self, y_enc):
         return None
 
+    def _start_point(self, n_train):
+        """Nothing kept of the starting point (the classifier keeps its probe, ``_probe_ensemble.py``)."""
+
     def _solved_head(self, z, y_enc, w):
         target = torch.as_tensor(y_enc).reshape(len(y_enc), -1)
         coefs, biases = [], []

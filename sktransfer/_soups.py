@@ -20,9 +20,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._device import resolve_device
 from ._finetune import BaseFineTune
+from ._probe_ensemble import fuse_probes
 from .data._sources import as_images
 from .training._adaptation import adapt_batchnorm
-from .training._fusion import average_states
+from .training._fusion import average_modules
 
 # fitted attributes the members must share: how inputs are read and what the outputs mean
 _SHARED = ("n_features_in_", "pixel_range_", "preprocessing_", "layer_", "n_outputs_", "classes_",
@@ -91,8 +92,8 @@ def fuse(estimators, weights=None, *, X=None):
     first = members[0]
     # a copy on the CPU (pickling moves networks there) that shares the teacher, as clone does
     fused = copy.deepcopy(first, {id(first.teacher): first.teacher} if getattr(first, "teacher", None) else None)
-    states = [m.net_.state_dict() for m in members]
-    fused.net_.load_state_dict(average_states([{k: v.cpu() for k, v in s.items()} for s in states], w))
+    fused.net_.load_state_dict(average_modules([m.net_ for m in members], w))
+    fuse_probes(fused, members, w)
     if X is not None:
         _reestimate_batchnorm(fused, X)
     fused.net_.eval()

@@ -25,6 +25,11 @@ def average_states(states, weights):
     return out
 
 
+def average_modules(modules, weights):
+    """:func:`average_states` of the modules' state dicts, on the CPU."""
+    return average_states([{k: v.cpu() for k, v in m.state_dict().items()} for m in modules], weights)
+
+
 def interpolate(model, pretrained, alpha):
     """WiSE-FT in place: every tensor of ``model`` moved to ``alpha`` of the way from ``pretrained``
     (a state dict) to itself."""

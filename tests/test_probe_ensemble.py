@@ -1,0 +1,95 @@
+"""probe_ensemble: a few-image classifier averages its fine-tuned network with the probe it started from."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sktransfer import FineTuneClassifier, fuse, load, load_backbone
+from sktransfer._finetune import BaseFineTune
+
+
+def _fit(X, y, **kw):
+    return FineTuneClassifier(**{"image_size": 32, "max_epochs": 2, "random_state": 0, **kw}).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def pair(digits):
+    _, X, y = digits
+    return _fit(X[:80], y[:80]), _fit(X[:80], y[:80], probe_ensemble=False)
+
+
+def _softmax(clf, X, net=None):
+    return torch.softmax(BaseFineTune._logits(clf, X, net).double(), 1).numpy()
+
+
+def test_predictions_are_the_mean_of_the_two_networks_probabilities(digits, pair):
+    _, X, y = digits
+    clf, alone = pair
+    proba = clf.predict_proba(X[300:360])
+    fine_tuned, probe = _softmax(clf, X[300:360]), _softmax(clf, X[300:360], clf.probe_net_)
+    np.testing.assert_allclose(proba, (fine_tuned + probe) / 2, atol=1e-6)
+    assert np.abs(fine_tuned - probe).max() > 0.1  # two different networks were averaged
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X[300:360])), proba, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X[300:360]), clf.classes_[clf.decision_function(X[300:360]).argmax(1)])
+    # keeping the probe draws no random numbers: the fine-tuned network is the one trained without it
+    assert alone.probe_net_ is None
+    np.testing.assert_allclose(alone.predict_proba(X[300:360]), fine_tuned, atol=1e-6)
+
+
+def test_the_probe_is_the_pretrained_backbone_with_the_solved_head(digits, pair):
+    _, X, y = digits
+    clf, _ = pair
+    pretrained = load_backbone("efficientnet_lite0").model.state_dict()
+    probe = clf.probe_net_.backbone.model.state_dict()
+    for key in ("conv_stem.weight", "blocks.1.0.conv_pw.weight", "bn1.running_var"):
+        torch.testing.assert_close(probe[key], pretrained[key])
+    assert not torch.equal(clf.net_.backbone.model.state_dict()["conv_stem.weight"], pretrained["conv_stem.weight"])
+    assert not any(p.requires_grad for p in clf.probe_net_.parameters()) and not clf.probe_net_.training
+    # the solved head alone already classifies the training digits
+    probe_pred = clf.classes_[_softmax(clf, X[:80], clf.probe_net_).argmax(1)]
+    assert (probe_pred == y[:80]).mean() > 0.9
+
+
+@pytest.mark.parametrize("params, n_train, expected", [
+    ({}, 319, True), ({}, 320, False), ({"batch_size": 8}, 80, False),
+    ({"adaptation": "coral"}, 100, False), ({"head_init": "random"}, 100, False),
+    ({"probe_ensemble": True}, 5000, True), ({"probe_ensemble": False}, 20, False),
+])
+def test_auto_keeps_the_probe_with_few_images_only(params, n_train, expected):
+    assert FineTuneClassifier(**params)._uses_probe_ensemble(n_train) is expected
+
+
+def test_auto_is_off_for_a_distillation_student(digits, pair):
+    assert FineTuneClassifier(teacher=pair[0])._uses_probe_ensemble(50) is False
+
+
+def test_probe_ensemble_true_needs_a_solved_head(digits):
+    _, X, y = digits
+    with pytest.raises(ValueError, match="probe_ensemble=True .* head_init='solve'"):
+        _fit(X[:40], y[:40], probe_ensemble=True, head_init="random")
+    with pytest.raises(ValueError, match="probe_ensemble"):
+        _fit(X[:40], y[:40], probe_ensemble="yes")
+
+
+def test_probe_survives_pickle_save_and_load(digits, pair, tmp_path):
+    _, X, _ = digits
+    clf, _ = pair
+    expected = clf.predict_proba(X[400:430])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X[400:430]), expected)
+    clf.save(tmp_path / "clf.sktransfer")
+    loaded = load(tmp_path / "clf.sktransfer")
+    assert loaded.probe_net_ is not None and not loaded.probe_net_.training
+    np.testing.assert_allclose(loaded.predict_proba(X[400:430]), expected, atol=1e-6)
+
+
+def test_partial_fit_keeps_no_probe_and_soups_average_the_probes(digits, pair):
+    _, X, y = digits
+    first = FineTuneClassifier(image_size=32, random_state=0).partial_fit(X[:40], y[:40], classes=np.arange(10))
+    assert first.probe_net_ is None
+    clf, alone = pair
+    other = _fit(X[:80], y[:80], random_state=1)
+    soup = fuse([clf, other], weights=[0, 1])  # all weight on one member: its probe exactly
+    np.testing.assert_array_equal(soup.predict_proba(X[300:320]), other.predict_proba(X[300:320]))
+    assert fuse([clf, alone]).probe_net_ is None  # a member without a probe: the soup has none
