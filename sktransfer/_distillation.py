@@ -34,13 +34,15 @@ TEACHER_BATCH = 512
 
 
 def teacher_probabilities(teacher, X, n_rows, batch=TEACHER_BATCH):
-    """``teacher.predict_proba`` of every row of ``X``, ``batch`` rows a call, as float64 ``(n, k)``."""
+    """``teacher.predict_proba`` of every row of ``X``, ``batch`` rows a call, as float64 ``(n, k)``
+    (a ``FineTuneClassifier`` teaches with its fine-tuned network alone, see ``_probe_ensemble.py``)."""
     classes = teacher_classes(teacher)
+    predict_proba = getattr(teacher, "_teaching_proba", teacher.predict_proba)
     parts = []
     for start in range(0, n_rows, batch):
         rows = _safe_indexing(X, slice(start, min(start + batch, n_rows)))
         try:
-            parts.append(np.asarray(teacher.predict_proba(rows), dtype=np.float64))
+            parts.append(np.asarray(predict_proba(rows), dtype=np.float64))
         except NotFittedError as exc:
             raise ValueError(f"teacher={type(teacher).__name__} is not fitted: fit it first ({exc}).") from exc
     proba = np.concatenate(parts) if parts else np.zeros((0, len(classes)))

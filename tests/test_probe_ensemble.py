@@ -93,3 +93,13 @@ def test_partial_fit_keeps_no_probe_and_soups_average_the_probes(digits, pair):
     soup = fuse([clf, other], weights=[0, 1])  # all weight on one member: its probe exactly
     np.testing.assert_array_equal(soup.predict_proba(X[300:320]), other.predict_proba(X[300:320]))
     assert fuse([clf, alone]).probe_net_ is None  # a member without a probe: the soup has none
+
+
+def test_a_teacher_teaches_with_its_fine_tuned_network_alone(digits, pair):
+    from sktransfer._distillation import teacher_probabilities
+
+    _, X, _ = digits
+    clf, _ = pair
+    taught = teacher_probabilities(clf, X[300:340], 40, batch=16)
+    np.testing.assert_allclose(taught, _softmax(clf, X[300:340]), atol=1e-6)
+    assert np.abs(taught - clf.predict_proba(X[300:340])).max() > 0.05
