@@ -268,7 +268,8 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
 
     @available_if(_single_task)
     def decision_function(self, X):
-        """Logits of the new head (binary: one column, positive class minus negative).
+        """Logits of the new head (binary: one column, positive class minus negative); with a
+        probe ensemble (``probe_net_``), the log of the mean class probabilities.
 
         Single-task estimators only.
 

@@ -254,10 +254,14 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         (fewer than 10 batches of training rows) when ``head_init="solve"``,
         no ``adaptation`` (the probe never sees the target domain) and no
         ``teacher`` (a student is meant to be cheap). ``True`` needs
-        ``head_init="solve"``. ``partial_fit`` keeps no probe; a
-        ``warm_start`` fit keeps the one its first fit started from. As
-        another estimator's ``teacher``, the classifier teaches with its
-        fine-tuned network alone (students learned more from it).
+        ``head_init="solve"``. Training that goes on from a fitted network
+        (``warm_start``, ``partial_fit`` after ``fit``) keeps that fit's
+        probe (``probe_ensemble=False`` drops it); ``partial_fit`` from
+        scratch keeps none. Early stopping and ``history_`` judge the
+        fine-tuned network alone. With ``head_hidden``, the probe's hidden
+        layers are random, under the solved last layer. As another
+        estimator's ``teacher``, the classifier teaches with its fine-tuned
+        network alone (students learned more from it).
 """
 
 

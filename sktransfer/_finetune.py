@@ -240,8 +240,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
             data = self._prepared(source, device)
             labelled, unlabelled = self._fit_rows(y_enc, None, labelled_only=True)[::2]
             everything = self._distill_rows(labelled, unlabelled)
+            self._start_point(None)
             if first:
-                self._start_point(None)
                 self._resolve_few_image_settings(len(everything))
                 if self.head_init == "solve":  # the head starts as a linear model solved on frozen features
                     solve_head(self.net_, data, labelled, y_enc, w, device, self.batch_size, self._solved_head)
@@ -324,8 +324,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         self._resolve_few_image_settings(len(train_idx))
         if init_head and self.head_init == "solve":
             solve_head(self.net_, data, labelled_idx, y_enc, w, device, self.batch_size, self._solved_head)
-        if init_head:
-            self._start_point(len(train_idx))
+        self._start_point(len(train_idx) if init_head else None)
         target_batches = self._target_batches(target_idx)
         trainer = self._trainer(data, y_enc, w, rng, device, resolve_augment(self.augment), len(target_batches))
         trainer.target_idx = target_batches

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import nn
 
+from ._device import module_device
 from .training._freezing import few_images
 from .training._fusion import average_modules
 
@@ -53,14 +54,14 @@ class ProbeEnsembleMixin:
 
     def _uses_probe_ensemble(self, n_train):
         """Whether a fit on ``n_train`` training rows keeps its starting point as ``probe_net_``."""
-        if self.probe_ensemble != "auto":
-            return self.probe_ensemble
+        if not isinstance(self.probe_ensemble, str):  # a bool (numpy's too)
+            return bool(self.probe_ensemble)
         # the probe never sees the target domain or the teacher, and a student is meant to be cheap
         return (few_images(n_train, self.batch_size) and self.head_init == "solve"
                 and self.adaptation is None and self._teacher() is None)
 
     def _check_probe_ensemble(self):
-        if self.probe_ensemble is True and self.head_init != "solve":
+        if not isinstance(self.probe_ensemble, str) and self.probe_ensemble and self.head_init != "solve":
             raise ValueError(
                 "probe_ensemble=True averages the fine-tuned network with the linear probe it started "
                 f"from, which needs head_init='solve' (got head_init={self.head_init!r}). Set "
@@ -68,14 +69,23 @@ class ProbeEnsembleMixin:
             )
 
     def _start_point(self, n_train):
-        """Keep the network as it is now (head solved, backbone pretrained) when the ensemble is on;
-        ``n_train=None`` (``partial_fit``) keeps none."""
-        keep = n_train is not None and self._uses_probe_ensemble(n_train)
-        self.probe_net_ = copy.deepcopy(self.net_).requires_grad_(False).eval() if keep else None
+        """Called once training's starting network is set. ``n_train``: a fit from the pretrained
+        network on ``n_train`` rows, whose network as it is now (head solved, backbone pretrained)
+        is kept when the ensemble is on, on the CPU while training runs. ``None``: training that
+        goes on from a fitted network (``warm_start``, a checkpoint, ``partial_fit``) keeps the
+        probe it has, unless ``probe_ensemble=False``; a first ``partial_fit`` has none."""
+        if n_train is not None:
+            keep = self._uses_probe_ensemble(n_train)
+            self.probe_net_ = copy.deepcopy(self.net_).cpu().requires_grad_(False).eval() if keep else None
+        elif isinstance(self.probe_ensemble, str) or self.probe_ensemble:
+            self.probe_net_ = getattr(self, "probe_net_", None)
+        else:
+            self.probe_net_ = None
 
     def _logits(self, X):
         if getattr(self, "probe_net_", None) is None:
             return super()._logits(X)
+        self.probe_net_.to(module_device(self.net_))  # the two may have been moved apart
         return super()._logits(X, ProbeAverage(self.net_, self.probe_net_, self._splits()))
 
     def _teaching_proba(self, X):

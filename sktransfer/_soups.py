@@ -47,6 +47,10 @@ def fuse(estimators, weights=None, *, X=None):
     averaged statistics, and passing ``X`` re-estimates them on those images
     (the statistics of the fused network in evaluation mode, as AdaBN does).
 
+    Classifiers' probes (``probe_net_``, see ``probe_ensemble``) are
+    averaged with the same weights; if any member has none, the soup has
+    none and predicts with its fused network alone.
+
     Parameters
     ----------
     estimators : sequence of fitted FineTuneClassifier or FineTuneRegressor

@@ -180,9 +180,10 @@ def test_model_on_another_device_pickles_to_cpu(small, monkeypatch):
     monkeypatch.setattr(dev, "module_device", lambda module: torch.device("cuda", 0))
     monkeypatch.setattr(dev, "cpu_copy", tracking)
     state = clf.__getstate__()
-    assert moved == [clf.net_]
-    assert state["net_"] is not clf.net_
-    assert all(t.device.type == "cpu" for t in state["net_"].state_dict().values())
+    assert clf.probe_net_ is not None  # few images: the probe ensemble's second network moves too
+    assert moved == [clf.net_, clf.probe_net_]
+    assert state["net_"] is not clf.net_ and state["probe_net_"] is not clf.probe_net_
+    assert all(t.device.type == "cpu" for name in ("net_", "probe_net_") for t in state[name].state_dict().values())
     monkeypatch.undo()
     again = pickle.loads(pickle.dumps(clf))
     again.device = "auto"

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sktransfer import FineTuneClassifier, fuse, load, load_backbone
+from sktransfer._compat import earlier_finetune_state
 from sktransfer._finetune import BaseFineTune
+from sktransfer._probe_ensemble import ProbeAverage
 
 
 def _fit(X, y, **kw):
@@ -89,9 +91,14 @@ def test_partial_fit_keeps_no_probe_and_soups_average_the_probes(digits, pair):
     first = FineTuneClassifier(image_size=32, random_state=0).partial_fit(X[:40], y[:40], classes=np.arange(10))
     assert first.probe_net_ is None
     clf, alone = pair
-    other = _fit(X[:80], y[:80], random_state=1)
+    other = _fit(X[80:160], y[80:160], random_state=1)  # other images: another solved head
+    assert not torch.equal(other.probe_net_.head.weight, clf.probe_net_.head.weight)
     soup = fuse([clf, other], weights=[0, 1])  # all weight on one member: its probe exactly
+    torch.testing.assert_close(soup.probe_net_.head.weight, other.probe_net_.head.weight, rtol=0, atol=0)
     np.testing.assert_array_equal(soup.predict_proba(X[300:320]), other.predict_proba(X[300:320]))
+    halves = fuse([clf, other])
+    torch.testing.assert_close(halves.probe_net_.head.weight,
+                               (clf.probe_net_.head.weight + other.probe_net_.head.weight) / 2)
     assert fuse([clf, alone]).probe_net_ is None  # a member without a probe: the soup has none
 
 
@@ -103,3 +110,57 @@ def test_a_teacher_teaches_with_its_fine_tuned_network_alone(digits, pair):
     taught = teacher_probabilities(clf, X[300:340], 40, batch=16)
     np.testing.assert_allclose(taught, _softmax(clf, X[300:340]), atol=1e-6)
     assert np.abs(taught - clf.predict_proba(X[300:340])).max() > 0.05
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return self.out
+
+
+def test_probe_average_is_the_log_of_the_mean_probabilities_per_task():
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+    out = ProbeAverage(_Fixed(a), _Fixed(b), [2, 3])(torch.zeros(4, 1))
+    for cols in (slice(0, 2), slice(2, 5)):  # each task's probabilities averaged on their own
+        expected = (a[:, cols].softmax(1) + b[:, cols].softmax(1)) / 2
+        torch.testing.assert_close(out[:, cols].exp(), expected)
+
+
+def test_binary_decision_function_agrees_with_the_averaged_probabilities(digits):
+    _, X, y = digits
+    keep = y[:200] < 2
+    clf = _fit(X[:200][keep], y[:200][keep])
+    assert clf.probe_net_ is not None
+    proba = clf.predict_proba(X[300:400])
+    np.testing.assert_allclose(clf.decision_function(X[300:400]), np.log(proba[:, 1]) - np.log(proba[:, 0]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_training_more_keeps_the_first_fits_probe_unless_turned_off(digits, pair):
+    import copy
+
+    _, X, y = digits
+    clf = copy.deepcopy(pair[0])
+    probe = {k: v.clone() for k, v in clf.probe_net_.state_dict().items()}
+    clf.set_params(warm_start=True).fit(X[:80], y[:80])  # continues from the fitted network
+    assert all(torch.equal(v, probe[k]) for k, v in clf.probe_net_.state_dict().items())
+    clf.partial_fit(X[:40], y[:40])
+    assert clf.probe_net_ is not None
+    clf.set_params(probe_ensemble=False).fit(X[:80], y[:80])
+    assert clf.probe_net_ is None
+    np.testing.assert_allclose(clf.predict_proba(X[300:320]), _softmax(clf, X[300:320]), atol=1e-6)
+
+
+def test_numpy_true_needs_a_solved_head_too(digits):
+    _, X, y = digits
+    with pytest.raises(ValueError, match="head_init='solve'"):
+        _fit(X[:40], y[:40], probe_ensemble=np.True_, head_init="random")
+
+
+def test_estimators_from_before_the_probe_ensemble_predict_without_one():
+    state = earlier_finetune_state({"missing_label": None, "net_": object()})
+    assert state["probe_ensemble"] is False and state["probe_net_"] is None
+    assert "probe_net_" not in earlier_finetune_state({"net_": object()})  # a regressor has none
