@@ -355,7 +355,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
         device = resolve_device(self.device)
         workers = resolve_num_workers(self.num_workers, source, self.batch_size)
-        return predict_images(self.net_ if net is None else net, source, self.preprocessing_, device, self.batch_size, workers)
+        net = self.net_ if net is None else net
+        return predict_images(net, source, self.preprocessing_, device, self.batch_size, workers)
 
     # --------------------------------------------------------------- transfer
     def export_backbone(self):

@@ -52,16 +52,21 @@ class ProbeAverage(nn.Module):
 class ProbeEnsembleMixin:
     """``probe_ensemble`` for :class:`~sktransfer.FineTuneClassifier` (see its docstring)."""
 
+    def _probe_ensemble_set(self):
+        """``probe_ensemble`` as set by the user: ``True`` or ``False`` (numpy's booleans too), or
+        ``None`` for ``"auto"``."""
+        return None if isinstance(self.probe_ensemble, str) else bool(self.probe_ensemble)
+
     def _uses_probe_ensemble(self, n_train):
         """Whether a fit on ``n_train`` training rows keeps its starting point as ``probe_net_``."""
-        if not isinstance(self.probe_ensemble, str):  # a bool (numpy's too)
-            return bool(self.probe_ensemble)
+        if self._probe_ensemble_set() is not None:
+            return self._probe_ensemble_set()
         # the probe never sees the target domain or the teacher, and a student is meant to be cheap
         return (few_images(n_train, self.batch_size) and self.head_init == "solve"
                 and self.adaptation is None and self._teacher() is None)
 
     def _check_probe_ensemble(self):
-        if not isinstance(self.probe_ensemble, str) and self.probe_ensemble and self.head_init != "solve":
+        if self._probe_ensemble_set() and self.head_init != "solve":
             raise ValueError(
                 "probe_ensemble=True averages the fine-tuned network with the linear probe it started "
                 f"from, which needs head_init='solve' (got head_init={self.head_init!r}). Set "
@@ -77,10 +82,8 @@ class ProbeEnsembleMixin:
         if n_train is not None:
             keep = self._uses_probe_ensemble(n_train)
             self.probe_net_ = copy.deepcopy(self.net_).cpu().requires_grad_(False).eval() if keep else None
-        elif isinstance(self.probe_ensemble, str) or self.probe_ensemble:
-            self.probe_net_ = getattr(self, "probe_net_", None)
         else:
-            self.probe_net_ = None
+            self.probe_net_ = None if self._probe_ensemble_set() is False else getattr(self, "probe_net_", None)
 
     def _logits(self, X):
         if getattr(self, "probe_net_", None) is None:
@@ -99,9 +102,9 @@ class ProbeEnsembleMixin:
 
 def fuse_probes(fused, members, weights):
     """A soup's ``probe_net_``: the weighted mean of its members' probes when all have one, else none."""
-    probes = [getattr(m, "probe_net_", None) for m in members]
-    if not hasattr(fused, "probe_net_"):
+    if not hasattr(fused, "probe_net_"):  # a regressor
         return
+    probes = [getattr(m, "probe_net_", None) for m in members]
     if any(p is None for p in probes):
         fused.probe_net_ = None
         return
