@@ -19,12 +19,25 @@ def machine():
     except ImportError:  # pragma: no cover
         mem = "RAM unknown"
     cpu = platform.processor() or platform.machine()
+    cpu += f" ({_cpu_model()}, torch CPU kernels: {torch.backends.cpu.get_cpu_capability()})"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu}, {torch.get_num_threads()} torch threads, {mem}, {gpu}; Python {platform.python_version()}, "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
         f"scikit-learn {sklearn.__version__}"
     )
+
+
+def _cpu_model():
+    """The CPU's model name from /proc/cpuinfo (Linux), else "model unknown"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    return "model unknown"
 
 
 def best_of(fn, repeats=3):
