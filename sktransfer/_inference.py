@@ -2,7 +2,8 @@
 
 Every batch goes through :func:`run_batches`: no autograd, autocast on CUDA,
 the batch-size invariance of :func:`batch_invariant`, and batches halved when
-the device runs out of memory (:class:`~sktransfer._device.HalvingOnOOM`).
+the device runs out of memory (:class:`~sktransfer._device.HalvingOnOOM`), with
+freed memory kept in the process (:mod:`sktransfer._allocator`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._allocator import keeping_freed_memory
 from ._device import HalvingOnOOM, autocast, module_device
 from .data._batches import pinned, prepared_batches
 
@@ -26,6 +28,7 @@ def batch_invariant(fn, x):
     return fn(torch.cat([x, x]))[:1]
 
 
+@keeping_freed_memory
 def run_batches(fn, batches, device, emit, trainable_outputs=False):
     """Call ``emit(start, stop, out)`` with ``fn``'s float32 CPU output for each
     ``(start, stop, x)`` of ``batches``, in order.

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
+from .._allocator import keeping_freed_memory
 from .._device import autocast
 from .._inference import predict_logits
 from .._progress import progress_bar
@@ -198,6 +199,7 @@ class Trainer:
         self.best = None
         return epoch
 
+    @keeping_freed_memory
     def run_epochs(self, optimizer, scheduler, terms, epochs, phase, train_idx, valid_idx=None,
                    net=None, data=None, no_improve=0, on_epoch=None):
         """Run ``epochs`` epochs; returns True when early stopping ended them.
