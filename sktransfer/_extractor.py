@@ -106,8 +106,9 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         embeddings equal the eager ones to cosine >= 0.9999, checked on the
         first batches it runs, with a fall back to eager execution otherwise).
         Building it takes about 0.4 s (Lite0) once per fitted extractor, so
-        ``"auto"`` does it only for transforms of at least 128 images; ``True``
-        always, ``False`` never. GPUs always run eagerly with bf16 autocast.
+        ``"auto"`` builds it for a transform of at least 128 images and then
+        uses it for every later transform of the fit; ``True`` always,
+        ``False`` never. GPUs always run eagerly with bf16 autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
@@ -287,7 +288,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         if module_device(self.backbone_) != device:
             self.backbone_.to(device)
         runner = None
-        if _wants_optimized(self.optimize, device, len(source)):
+        if _wants_optimized(self.optimize, device, len(source), built="_optimized" in self.__dict__):
             runner = _optimized_runner(self)
         if runner is None:
             def runner(x):
@@ -335,10 +336,12 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
     _doc_link_module = "sktransfer"
 
 
-def _wants_optimized(optimize, device, n_images):
+def _wants_optimized(optimize, device, n_images, built=False):
+    """Whether a transform of ``n_images`` runs the traced module; ``built``: this fit's is built
+    already (``"auto"`` then uses it for any number of images: its cost is paid)."""
     if device.type != "cpu" or optimize is False:
         return False
-    return optimize is True or n_images >= OPTIMIZE_MIN_IMAGES
+    return optimize is True or built or n_images >= OPTIMIZE_MIN_IMAGES
 
 
 def _batch_size(batch_size, device, image_size):

@@ -175,6 +175,21 @@ def test_optimized_inference_equals_eager(X, layer):
     np.testing.assert_allclose(again.transform(X), b, rtol=1e-5, atol=1e-6)
 
 
+def test_auto_builds_the_traced_module_for_large_transforms_then_uses_it_for_any(X, monkeypatch):
+    import sktransfer._extractor as mod
+
+    monkeypatch.setattr(mod, "OPTIMIZE_MIN_IMAGES", 6)
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(X)
+    small = ext.transform(X)
+    assert not hasattr(ext, "_optimized")  # a small transform builds nothing
+    ext.transform(np.concatenate([X, X]))
+    calls = []
+    traced = ext._optimized.traced
+    monkeypatch.setattr(ext._optimized, "traced", lambda x: calls.append(len(x)) or traced(x))
+    np.testing.assert_allclose(ext.transform(X), small, rtol=1e-4, atol=1e-5)
+    assert calls == [3]  # the built module runs the small transform too
+
+
 def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
     import sktransfer.backbones._layer_outputs as mod
 
