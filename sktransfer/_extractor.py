@@ -106,9 +106,8 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         embeddings equal the eager ones to cosine >= 0.9999, checked on the
         first batches it runs, with a fall back to eager execution otherwise).
         Building it takes about 0.4 s (Lite0) once per fitted extractor, so
-        ``"auto"`` builds it for a transform of at least 128 images and then
-        uses it for every later transform of the fit; ``True`` always,
-        ``False`` never. GPUs always run eagerly with bf16 autocast.
+        ``"auto"`` builds it for a transform of 128 images or more, then runs
+        it for any; ``True`` always, ``False`` never. GPUs always run eagerly with bf16 autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
