@@ -63,7 +63,7 @@ def glibc():
             # a preloaded allocator (jemalloc, tcmalloc) answers the process's malloc
             same = ctypes.cast(process.malloc, ctypes.c_void_p).value == ctypes.cast(libc.malloc, ctypes.c_void_p).value
             lib = libc if same else False
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # no such library; Windows' CDLL(None) is a TypeError
             lib = False
         if lib and hasattr(lib, "mallinfo2"):
             lib.mallinfo2.restype = _MallInfo2

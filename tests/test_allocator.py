@@ -109,8 +109,13 @@ def test_a_child_forked_inside_a_scope_starts_outside_it():
     os.close(write)
 
 
-def test_does_nothing_without_glibc(monkeypatch):
-    monkeypatch.setattr(_allocator, "_libc", False)
+@pytest.mark.parametrize("error", [OSError, TypeError])  # no libc.so.6 (macOS, musl); CDLL(None) on Windows
+def test_does_nothing_without_glibc(monkeypatch, error):
+    def cdll(name, *args, **kwargs):
+        raise error(name)
+
+    monkeypatch.setattr(_allocator, "_libc", None)
+    monkeypatch.setattr(_allocator.ctypes, "CDLL", cdll)
     assert _allocator.glibc() is None and not _allocator.enabled()
     with keep_freed_memory():
         assert _allocator._depth == 0
