@@ -257,13 +257,14 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         return self._partial_fit(X, y, sample_weight, learn)
 
     # ------------------------------------------------------------- predicting
-    def _task_logits(self, X):
+    def _task_logits(self, X, net=None):
         check_is_fitted(self, "net_")
-        return self._logits(X).double().split(self._splits(), dim=1)
+        return self._logits(X, net).double().split(self._splits(), dim=1)
 
-    def _per_task(self, X, fn):
-        """``fn(logits)`` of each task: one array, or a list with several tasks."""
-        out = [fn(t, dim=1).numpy() for t in self._task_logits(X)]
+    def _per_task(self, X, fn, net=None):
+        """``fn(logits)`` of each task (of ``net``'s logits, by default the estimator's): one array,
+        or a list with several tasks."""
+        out = [fn(t, dim=1).numpy() for t in self._task_logits(X, net)]
         return out[0] if self.n_outputs_ == 1 else out
 
     @available_if(_single_task)
