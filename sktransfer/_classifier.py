@@ -11,7 +11,7 @@ from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from ._distillation import DISTILLATION_CONSTRAINTS
-from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
+from ._docstrings import fill_docstring
 from ._domain import ADAPTATION_CONSTRAINTS
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
 from ._probe_ensemble import ProbeEnsembleMixin
@@ -112,7 +112,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         layer="auto",
         head_init="solve",
         head_hidden=None,
-        min_steps=DEFAULT_MIN_STEPS,
+        min_steps="auto",
         bn_stats="auto",
         augment="default",
         early_stopping=False,

@@ -2,8 +2,9 @@
 
 DOCS_URL = "https://sktransfer.readthedocs.io/en/latest/api.html#{estimator_name}"
 
-# chosen from the learning curves of benchmarks/few_shot.py (docs/benchmarks.md)
-DEFAULT_MIN_STEPS = 100
+# min_steps="auto": chosen from the learning curves of benchmarks/few_shot.py, and, for fits whose
+# adaptation loss learns from target rows, from benchmarks/domain_adaptation.py (docs/benchmarks.md)
+DEFAULT_MIN_STEPS, ADAPTATION_MIN_STEPS = 100, 300
 
 SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted estimator, default="efficientnet_lite0"
         As for :class:`PretrainedFeatureExtractor`. A fitted
@@ -74,11 +75,16 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         their random initialisation (fed standardised features) and the last
         layer is solved on their activations. ``None``: one linear layer,
         which measured as well or better with few images (docs/benchmarks.md).
-    min_steps : int, default=%(min_steps)s
+    min_steps : int or "auto", default="auto"
         Train for at least this many optimizer steps: ``max(max_epochs,
         ceil(min_steps / steps per epoch))`` epochs. Few images make short
         epochs (20 images at ``batch_size=32`` make one step); this gives them
         a useful budget, and does nothing once ``max_epochs`` epochs are longer.
+        ``"auto"``: %(min_steps)s steps, or %(adaptation_min_steps)s when an adaptation loss learns
+        from unlabelled target rows during training (``FineTuneClassifier``'s
+        ``adaptation`` ``"coral"``, ``"dann"``, ``"pseudo_label"``,
+        ``"info_max"``): those terms kept gaining target accuracy up to that
+        budget on the shifts of ``benchmarks/domain_adaptation.py``.
         ``0``: exactly ``max_epochs`` epochs.
     bn_stats : {"auto", "pretrained", "update"}, default="auto"
         ``"pretrained"``: the backbone's BatchNorm layers normalise with their
@@ -99,7 +105,8 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         not for digits, text or anything whose mirror image means something
         else (hence not on by default). ``False`` turns augmentation off; a
         callable ``f(batch) -> batch`` receives normalised (N, 3, H, W)
-        training batches. Never applied when predicting.
+        training batches. Never applied when predicting, nor to the
+        unlabelled target rows an ``adaptation`` trains on.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` (stratified), stop after
         ``n_iter_no_change`` epochs without a lower validation loss, and
@@ -136,7 +143,8 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     warm_start : bool, default=False
         ``fit`` continues from the fitted weights instead of reloading.
 
-""".replace("%(min_steps)s", str(DEFAULT_MIN_STEPS))
+""".replace("%(min_steps)s", str(DEFAULT_MIN_STEPS)).replace(
+    "%(adaptation_min_steps)s", str(ADAPTATION_MIN_STEPS))
 
 
 TRANSFER_OBJECTIVE = """    **Transfer objective.** Training minimises, over the network weights θ,

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._device import resolve_device
+from ._docstrings import ADAPTATION_MIN_STEPS, DEFAULT_MIN_STEPS
 from ._inference import predict_images
 from ._validation import Number
 from .data._sources import as_images
@@ -67,6 +68,15 @@ class AdaptationMixin:
         if isinstance(method, str) and method == "auto":
             return AUTO_ADAPTATION if getattr(self, "n_outputs_", 1) == 1 else AUTO_ADAPTATION_MULTI_TASK
         return method
+
+    def _fine_tune_epochs(self, n_train, adapting):
+        """Epochs of fine-tuning on ``n_train`` rows: ``max_epochs``, or more to make at least
+        ``min_steps`` optimizer steps (few images make short epochs). ``adapting``: target rows
+        train beside each batch, whose terms need the longer ``"auto"`` budget."""
+        min_steps = self.min_steps
+        if isinstance(min_steps, str):  # "auto"
+            min_steps = ADAPTATION_MIN_STEPS if adapting else DEFAULT_MIN_STEPS
+        return max(self.max_epochs, -(-min_steps // max(1, -(-n_train // self.batch_size))))
 
     def _fit_rows(self, y_enc, rng, resume=None, labelled_only=False):
         """``(train_idx, valid_idx, target_idx)``: labelled training and validation rows (a

@@ -74,7 +74,7 @@ FINETUNE_CONSTRAINTS = {
               None],
     "head_init": [StrOptions(set(HEAD_INITS))],
     "head_hidden": ["array-like", _POSITIVE_INT, None],
-    "min_steps": [_NON_NEGATIVE_INT],
+    "min_steps": [StrOptions({"auto"}), _NON_NEGATIVE_INT],
     "bn_stats": [StrOptions(set(BN_STATS))],
     "augment": [StrOptions({"default", "flip"}), "boolean", callable, None],
     "early_stopping": ["boolean"],
@@ -331,9 +331,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         phases = []
         if self.linear_probe_epochs:
             phases.append(Phase("linear_probe", len(self.net_.backbone.stages), self.linear_probe_epochs))
-        # a budget of at least min_steps optimizer steps: few images make short epochs
-        steps = max(1, -(-len(train_idx) // self.batch_size))
-        phases.append(Phase("fine_tune", self.n_frozen_stages_, max(self.max_epochs, -(-self.min_steps // steps))))
+        epochs = self._fine_tune_epochs(len(train_idx), adapting=len(target_batches) > 0)
+        phases.append(Phase("fine_tune", self.n_frozen_stages_, epochs))
         on_epoch = None
         if checkpointer is not None:
             def on_epoch(**state):

@@ -9,7 +9,7 @@ import torch
 from sklearn.base import RegressorMixin, _fit_context
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._docstrings import DEFAULT_MIN_STEPS, fill_docstring
+from ._docstrings import fill_docstring
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
 from ._validation import Number, StrOptions
 from .backbones._timm import DEFAULT_BACKBONE
@@ -101,7 +101,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         layer="auto",
         head_init="solve",
         head_hidden=None,
-        min_steps=DEFAULT_MIN_STEPS,
+        min_steps="auto",
         bn_stats="auto",
         augment=False,
         early_stopping=False,

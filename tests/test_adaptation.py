@@ -269,6 +269,35 @@ def test_auto_is_info_max_and_coral_with_several_tasks(digits):
     assert any(row["penalty"] != 0 for row in single.history_)
 
 
+def test_target_rows_are_seen_without_augmentation(digits):
+    _, X, y = digits
+    y_missing = np.r_[y[:20], -np.ones(20, int)]
+    seen = []
+
+    def augment(batch):
+        seen.append(len(batch))
+        return batch
+
+    FineTuneClassifier(adaptation="coral", augment=augment, missing_label=-1, **FAST).fit(X[:40], y_missing)
+    assert seen == [16, 4]  # the labelled rows of each step; each step also held as many target rows
+    seen.clear()
+    FineTuneClassifier(augment=augment, missing_label=-1, **FAST).fit(X[:40], y_missing)
+    assert seen == [16, 4]  # without adaptation there are no target rows in the steps at all
+
+
+@pytest.mark.parametrize("adaptation, epochs", [(None, 1), ("adabn", 1), ("coral", 3), ("info_max", 3)])
+def test_min_steps_auto_is_longer_for_terms_that_learn_from_target_rows(digits, monkeypatch, adaptation, epochs):
+    import sktransfer._domain
+
+    monkeypatch.setattr(sktransfer._domain, "DEFAULT_MIN_STEPS", 2)
+    monkeypatch.setattr(sktransfer._domain, "ADAPTATION_MIN_STEPS", 6)
+    _, X, y = digits
+    params = {**FAST, "min_steps": "auto", "adaptation": adaptation, "missing_label": -1}
+    clf = FineTuneClassifier(**params).fit(X[:40], np.r_[y[:40:2], -np.ones(20, int)])
+    assert clf.n_epochs_ == epochs  # 20 labelled rows at batch 16: 2 steps an epoch
+    assert FineTuneClassifier(**{**params, "min_steps": 0}).fit(X[:40], np.r_[y[:40:2], -np.ones(20, int)]).n_epochs_ == 1
+
+
 def test_adaptation_without_unlabelled_rows_warns(digits):
     _, X, y = digits
     with pytest.warns(UserWarning, match="no unlabelled rows"):

@@ -254,7 +254,9 @@ class Trainer:
                 domain = torch.arange(len(idx), device=self.device) >= n_labelled
             x = data.batch(idx)
             if s.augment is not None:
-                x = s.augment(x)
+                # target rows are seen as they are: their terms (the entropy of "info_max", a
+                # domain's statistics) are defined on the target images, not on augmented ones
+                x = s.augment(x) if domain is None else torch.cat([s.augment(x[:n_labelled]), x[n_labelled:]])
             target = torch.as_tensor(self.y[idx[:n_labelled]], device=self.device)
             weight = torch.as_tensor(self.w[idx[:n_labelled]], device=self.device, dtype=torch.float32)
             with autocast(self.device):
