@@ -105,8 +105,9 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         not for digits, text or anything whose mirror image means something
         else (hence not on by default). ``False`` turns augmentation off; a
         callable ``f(batch) -> batch`` receives normalised (N, 3, H, W)
-        training batches. Never applied when predicting, nor to the
-        unlabelled target rows an ``adaptation`` trains on.
+        training batches and returns them in the same shape. Never applied
+        when predicting, nor to the unlabelled target rows an
+        ``adaptation`` trains on.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` (stratified), stop after
         ``n_iter_no_change`` epochs without a lower validation loss, and

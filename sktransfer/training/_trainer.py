@@ -86,6 +86,20 @@ class TrainSettings:
     task_weight: float = 1.0  # the task loss's weight in the objective (1 - distill_weight when distilling)
 
 
+def augment_labelled(augment, x, n_labelled):
+    """``x`` with its first ``n_labelled`` rows augmented. The target rows after them are seen as
+    they are: their terms (the entropy of "info_max", a domain's statistics) are defined on the
+    target images, not on augmented ones."""
+    labelled = augment(x[:n_labelled])
+    if labelled.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"augment changed the shape of a batch from {tuple(x.shape[1:])} to {tuple(labelled.shape[1:])}; "
+            "with an adaptation the unlabelled target rows are not augmented and share the batch, so "
+            "augment must keep the shape (N, 3, H, W). Resize with image_size instead."
+        )
+    return torch.cat([labelled, x[n_labelled:]])
+
+
 class Trainer:
     """Runs the epochs of one fit (or one ``partial_fit`` call).
 
@@ -254,9 +268,7 @@ class Trainer:
                 domain = torch.arange(len(idx), device=self.device) >= n_labelled
             x = data.batch(idx)
             if s.augment is not None:
-                # target rows are seen as they are: their terms (the entropy of "info_max", a
-                # domain's statistics) are defined on the target images, not on augmented ones
-                x = s.augment(x) if domain is None else torch.cat([s.augment(x[:n_labelled]), x[n_labelled:]])
+                x = s.augment(x) if domain is None else augment_labelled(s.augment, x, n_labelled)
             target = torch.as_tensor(self.y[idx[:n_labelled]], device=self.device)
             weight = torch.as_tensor(self.w[idx[:n_labelled]], device=self.device, dtype=torch.float32)
             with autocast(self.device):
