@@ -36,7 +36,7 @@ from .training._adaptation import (
     class_prior,
 )
 from .training._objectives import labelled_rows
-from .training._trainer import holdout_split
+from .training._trainer import holdout_split, steps_per_epoch
 
 ADAPTATION_CONSTRAINTS = {
     "adaptation": [StrOptions({*ADAPTATIONS, "auto"}), None],
@@ -76,7 +76,7 @@ class AdaptationMixin:
         min_steps = self.min_steps
         if isinstance(min_steps, str):  # "auto"
             min_steps = ADAPTATION_MIN_STEPS if adapting else DEFAULT_MIN_STEPS
-        return max(self.max_epochs, -(-min_steps // max(1, -(-n_train // self.batch_size))))
+        return max(self.max_epochs, -(-min_steps // steps_per_epoch(n_train, self.batch_size)))
 
     def _fit_rows(self, y_enc, rng, resume=None, labelled_only=False):
         """``(train_idx, valid_idx, target_idx)``: labelled training and validation rows (a

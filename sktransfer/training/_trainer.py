@@ -86,6 +86,11 @@ class TrainSettings:
     task_weight: float = 1.0  # the task loss's weight in the objective (1 - distill_weight when distilling)
 
 
+def steps_per_epoch(n_rows, batch_size):
+    """Optimizer steps of an epoch over ``n_rows``, as the schedule and the step budget count them."""
+    return max(1, -(-n_rows // batch_size))
+
+
 def augment_labelled(augment, x, n_labelled):
     """``x`` with its first ``n_labelled`` rows augmented. The target rows after them are seen as
     they are: their terms (the entropy of "info_max", a domain's statistics) are defined on the
@@ -163,7 +168,7 @@ class Trainer:
         weights; :meth:`restore_best` loads them.
         """
         s = self.settings
-        steps = max(1, -(-len(train_idx) // s.batch_size))
+        steps = steps_per_epoch(len(train_idx), s.batch_size)
         self._total_steps = steps * sum(phase.epochs for phase in phases)
         self.best = None if resume is None else resume.best()
         finished = False
