@@ -2,7 +2,9 @@
 
 Same backbone (EfficientNet-Lite0, embedded ImageNet weights), same images (real
 photographs at 256x256, embedded at 224 px), one run. sktransfer is timed from the
-user's uint8 arrays, JPEG files and PIL images, fit and first transform included;
+user's uint8 arrays, JPEG files and PIL images, fit and first transform included (for
+the process's first extractor of a setting, which traces the network, and for a later one,
+which reuses that trace);
 the eager forward gets tensors already resized and normalised. The eager rows and embetter
 run first, with the C library's allocator as the process starts; sktransfer's calls keep freed
 memory in the process (``sktransfer._allocator``), and a last row shows the eager forward
@@ -24,6 +26,7 @@ from PIL import Image
 
 from sktransfer import PretrainedFeatureExtractor, load_backbone
 from sktransfer._allocator import keep_freed_memory
+from sktransfer.backbones import _loading
 from sktransfer.data._preprocessing import prepare_batch
 
 
@@ -100,15 +103,22 @@ def main():
         cosines = {}
         for what, X in inputs.items():
             for optimize in (True, False):
+                # a process that has built the network (untimed, as the eager model's build) but
+                # derived nothing from it yet: the first extractor works out its layers and traces
+                _loading._BUILT.clear()
+                load_backbone("efficientnet_lite0")
+                label = "optimize=True (traced, frozen)" if optimize else "optimize=False (eager)"
                 # the whole path a user runs: fit, then the first transform (which builds the
                 # traced module when optimize=True), then later transforms of the fitted extractor
-                start = time.perf_counter()
+                Z, first = _fit_and_first_transform(X, optimize)
+                rows.append((f"sktransfer fit + first transform, the process's first extractor, {label}, "
+                             f"{what} {args.size} px", first, None))
+                if optimize:  # a grid search's later fits: the process traced this setting already
+                    _, again = _fit_and_first_transform(X, optimize)
+                    rows.append((f"sktransfer fit + first transform, a later new extractor, {label}, "
+                                 f"{what} {args.size} px", again, None))
                 ext = PretrainedFeatureExtractor(optimize=optimize, cache=False).fit(X[:1])
-                Z = ext.transform(X)
-                first = time.perf_counter() - start
                 later = best_of(lambda: ext.transform(X), repeats=2)
-                label = "optimize=True (traced, frozen)" if optimize else "optimize=False (eager)"
-                rows.append((f"sktransfer fit + first transform, {label}, {what} {args.size} px", first, None))
                 rows.append((f"sktransfer later transforms, {label}, {what} {args.size} px", later, None))
                 cosines[(what, optimize)] = _min_cosine(Z, reference)
     # the eager forward with sktransfer's allocator setting (not a baseline: shows what that setting gives)
@@ -127,6 +137,12 @@ def main():
     print("\nmin cosine of sktransfer's embeddings to the eager forward's on the same resized images:")
     for (what, optimize), cos in cosines.items():
         print(f"  {what}, optimize={optimize}: {cos:.6f}")
+
+
+def _fit_and_first_transform(X, optimize):
+    start = time.perf_counter()
+    Z = PretrainedFeatureExtractor(optimize=optimize, cache=False).fit(X[:1]).transform(X)
+    return Z, time.perf_counter() - start
 
 
 def _min_cosine(Z, reference):

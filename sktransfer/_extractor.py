@@ -14,12 +14,18 @@ from torch import nn
 from ._device import cpu_state, module_device, resolve_device
 from ._digest import setting_digest
 from ._docstrings import DOCS_URL
-from ._extractor_setup import LazyBackboneAttribute, setup_backbone, work_out
+from ._extractor_setup import (
+    LazyBackboneAttribute,
+    setup_backbone,
+    trace_key,
+    traced_runner,
+    work_out,
+)
 from ._inference import extract
 from ._persistence import SaveMixin
 from ._progress import progress_bar
 from ._validation import Device, Number, PixelRange
-from .backbones._layer_outputs import forward_layers, optimize_for_cpu
+from .backbones._layer_outputs import forward_layers
 from .backbones._pooling import POOLINGS
 from .backbones._timm import DEFAULT_BACKBONE
 from .data._batches import PreparedImages, resolve_num_workers
@@ -105,9 +111,10 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         the network (BatchNorm folded into convolutions, fused oneDNN kernels;
         embeddings equal the eager ones to cosine >= 0.9999, checked on the
         first batches it runs, with a fall back to eager execution otherwise).
-        Building it takes about 0.4 s (Lite0) once per fitted extractor, so
-        ``"auto"`` builds it for a transform of 128 images or more, then runs
-        it for any; ``True`` always, ``False`` never. GPUs always run eagerly with bf16 autocast.
+        Building it takes about 0.1-0.4 s (Lite0): once per process and setting for
+        a named backbone, else once per fit. ``"auto"`` builds it for a transform of
+        128 images or more, then runs it for any; ``True`` always, ``False`` never.
+        GPUs always run eagerly with bf16 autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
@@ -284,10 +291,9 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
 
     def _run(self, source, bar=None):
         device = resolve_device(self.device)
-        if module_device(self.backbone_) != device:
-            self.backbone_.to(device)
+        _network_on(self, device)
         runner = None
-        if _wants_optimized(self.optimize, device, len(source), built="_optimized" in self.__dict__):
+        if _wants_optimized(self.optimize, device, len(source), built=_traced_module_built(self)):
             runner = _optimized_runner(self)
         if runner is None:
             def runner(x):
@@ -358,13 +364,24 @@ def _num_workers(extractor, source, batch_size):
     return resolve_num_workers(extractor.num_workers, source, max(batch_size, WORKERS_MIN_PATHS))
 
 
+def _network_on(extractor, device):
+    """The network moved to ``device``; one not copied yet is left alone on the CPU (it is copied
+    there if an eager forward needs it, and a traced module may not)."""
+    if (extractor._backbone.made or device.type != "cpu") and module_device(extractor.backbone_) != device:
+        extractor.backbone_.to(device)
+
+
 def _optimized_runner(extractor):
-    """The traced module (a CheckedTrace), built once per fit (never pickled); ``None`` if it cannot be."""
+    """The traced module (a CheckedTrace), made once per fit (never pickled); ``None`` if it cannot be."""
     if not hasattr(extractor, "_optimized"):
-        extractor._optimized = optimize_for_cpu(
-            extractor.backbone_, extractor.layers_, extractor.pooling, extractor.preprocessing_.image_size
-        )
+        extractor._optimized = traced_runner(extractor)
     return extractor._optimized
+
+
+def _traced_module_built(extractor):
+    """Whether this fit's traced module, or the process's for the same network and settings, is built."""
+    traces = extractor._backbone.traces
+    return "_optimized" in extractor.__dict__ or (traces is not None and trace_key(extractor) in traces)
 
 
 def _adapt_batchnorm(extractor, source):

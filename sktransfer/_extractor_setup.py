@@ -9,13 +9,17 @@ beside the process's kept build of the network
 (:func:`~sktransfer.backbones._loading.kept_named`); later fits read it. Their
 network is a :class:`LazyBackbone`: copied from the kept build only when an
 image has to go through it, so a fit and transforms whose images are all in
-the embedding cache copy no network at all.
+the embedding cache copy no network at all. The traced CPU module of a setting
+(:func:`~sktransfer.backbones._layer_outputs.optimize_for_cpu`) is kept there
+too (:class:`SharedTraces`): the extractors of a process trace it once, and
+later ones run it without copying the network.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -24,19 +28,29 @@ from ._device import module_device
 from ._digest import state_digest
 from ._inference import extract
 from .backbones._cut import resolve_layer
-from .backbones._layer_outputs import forward_layers, resolve_layers
+from .backbones._layer_outputs import (
+    CheckedTrace,
+    forward_layers,
+    optimize_for_cpu,
+    resolve_layers,
+)
 from .backbones._loading import kept_named, load_backbone
 from .data._preprocessing import Preprocessing
 from .data._sources import ArraySource
 
 
 class LazyBackbone:
-    """A frozen backbone, made by ``make()`` on first use (thread-safe)."""
+    """A frozen backbone, made by ``make()`` on first use (thread-safe).
 
-    def __init__(self, module=None, make=None):
+    ``traces``: the :class:`SharedTraces` of the kept build it is a copy of, or
+    ``None`` (a module, a fitted estimator, ``adapt_bn``, an unpickled extractor).
+    """
+
+    def __init__(self, module=None, make=None, traces=None):
         self._module = module
         self._make = make
         self._lock = threading.Lock()
+        self.traces = traces
 
     @property
     def made(self):
@@ -56,7 +70,11 @@ class LazyBackboneAttribute:
 
     @property
     def backbone_(self):
-        """The loaded, frozen network (copied from the process's kept build on first use)."""
+        """The loaded, frozen network (copied from the process's kept build on first use).
+
+        Read it, do not change it: the embedding cache and the traced module
+        shared in the process know the weights as ``fit`` found them.
+        """
         try:
             lazy = self.__dict__["_backbone"]
         except KeyError:
@@ -115,12 +133,13 @@ def setup_backbone(extractor):
     key = ("extractor", repr(extractor.preprocessing), extractor.image_size, repr(extractor.layer),
            extractor.pooling)
     facts = notes.get(key)
+    traces = notes.setdefault("extractor traces", SharedTraces())
     if facts is not None:
-        return LazyBackbone(make=lambda: _frozen_copy(template, facts.backbone_preprocessing)), facts
+        return LazyBackbone(make=lambda: _frozen_copy(template, facts.backbone_preprocessing), traces=traces), facts
     # the first fit with these settings validates the preprocessing overrides and copies the network
     backbone = load_backbone(template, None, extractor.preprocessing).eval().requires_grad_(False)
     facts = notes[key] = work_out(backbone, extractor)
-    return LazyBackbone(backbone), facts
+    return LazyBackbone(backbone, traces=traces), facts
 
 
 def work_out(backbone, extractor):
@@ -137,3 +156,57 @@ def work_out(backbone, extractor):
     ]
     return SetupFacts(backbone.preprocessing, preprocessing, tuple(layers), tuple(widths),
                       state_digest(backbone), backbone.family)
+
+
+class SharedTraces:
+    """The traced CPU modules of one kept build, by layers, pooling and image size.
+
+    At most ``MAX_KEPT`` (the least recently used go first): each holds a copy of
+    the weights. A setting whose tracing failed is remembered as ``None``.
+    """
+
+    MAX_KEPT = 4
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = OrderedDict()
+
+    def __contains__(self, key):
+        with self._lock:
+            return self._entries.get(key) is not None
+
+    def entry(self, key, build):
+        """The :class:`TraceEntry` of ``key`` (``None``: not traceable), built by ``build()`` once."""
+        with self._lock:  # one build at a time: a second caller of the same key waits for the first
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            entry = self._entries[key] = build()
+            while len(self._entries) > self.MAX_KEPT:
+                self._entries.popitem(last=False)
+            return entry
+
+
+def trace_key(extractor):
+    """What a fitted extractor's traced module depends on besides the weights."""
+    return tuple(extractor.layers_), extractor.pooling, extractor.preprocessing_.image_size
+
+
+def traced_runner(extractor):
+    """A :class:`CheckedTrace` for a fitted extractor, ``None`` if its plan cannot be traced.
+
+    Its module comes from the kept build's :class:`SharedTraces` when the
+    network is a copy of one (traced from this extractor's network the first
+    time); the eager plan, which only checks and stands in after a failure,
+    copies the network when it first runs.
+    """
+    layers, pooling = extractor.layers_, extractor.pooling
+
+    def build():
+        return optimize_for_cpu(extractor.backbone_, layers, pooling, extractor.preprocessing_.image_size)
+
+    shared = extractor._backbone.traces
+    entry = build() if shared is None else shared.entry(trace_key(extractor), build)
+    if entry is None:
+        return None
+    return CheckedTrace(entry, lambda x: forward_layers(extractor.backbone_, x, layers, pooling))

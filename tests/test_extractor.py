@@ -15,6 +15,14 @@ def X(photos):
     return np.stack([np.asarray(Image.fromarray(photos[n]).resize((40, 40))) for n in ("chelsea", "coffee", "rocket")])
 
 
+@pytest.fixture
+def fresh_builds(monkeypatch):
+    """A process that has built no backbone yet (and so traced nothing)."""
+    from sktransfer.backbones import _loading
+
+    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
+
+
 def prepared(ext, X):
     from sktransfer.data._preprocessing import prepare_batch
 
@@ -175,7 +183,7 @@ def test_optimized_inference_equals_eager(X, layer):
     np.testing.assert_allclose(again.transform(X), b, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_builds_the_traced_module_for_large_transforms_then_uses_it_for_any(X, monkeypatch):
+def test_auto_builds_the_traced_module_for_large_transforms_then_uses_it_for_any(X, monkeypatch, fresh_builds):
     import sktransfer._extractor as mod
 
     monkeypatch.setattr(mod, "OPTIMIZE_MIN_IMAGES", 6)
@@ -185,12 +193,12 @@ def test_auto_builds_the_traced_module_for_large_transforms_then_uses_it_for_any
     ext.transform(np.concatenate([X, X]))
     calls = []
     traced = ext._optimized.traced
-    monkeypatch.setattr(ext._optimized, "traced", lambda x: calls.append(len(x)) or traced(x))
+    monkeypatch.setattr(ext._optimized.entry, "module", lambda x: calls.append(len(x)) or traced(x))
     np.testing.assert_allclose(ext.transform(X), small, rtol=1e-4, atol=1e-5)
     assert calls == [3]  # the built module runs the small transform too
 
 
-def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
+def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch, fresh_builds):
     import sktransfer.backbones._layer_outputs as mod
 
     def broken(*args, **kwargs):
@@ -203,7 +211,7 @@ def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch):
     np.testing.assert_allclose(Z, PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X))
 
 
-def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeypatch):
+def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeypatch, fresh_builds):
     import sktransfer.backbones._layer_outputs as mod
 
     real = mod.torch.jit.optimize_for_inference
@@ -215,7 +223,7 @@ def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeyp
     np.testing.assert_allclose(Z, eager, rtol=1e-5, atol=1e-6)
 
 
-def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(X, monkeypatch):
+def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(X, monkeypatch, fresh_builds):
     import sktransfer.backbones._layer_outputs as mod
 
     real = mod.torch.jit.optimize_for_inference
@@ -231,3 +239,44 @@ def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(
     assert ext._optimized.traced is not None  # right at the traced size
     np.testing.assert_allclose(ext.transform(X[:3]), eager.transform(X[:3]), rtol=1e-4, atol=1e-5)
     assert ext._optimized.traced is None  # caught on the first batch of another size
+
+
+def test_extractors_of_a_process_share_one_traced_module_per_setting(X, monkeypatch, fresh_builds):
+    """A grid search fits many extractors with one setting: the first traces, the others reuse it
+    without copying the network, and a check that fails sends them all to eager execution."""
+    import sktransfer.backbones._layer_outputs as mod
+    from sktransfer._extractor_setup import SharedTraces
+
+    traces = []
+    real = mod.torch.jit.trace
+    monkeypatch.setattr(mod.torch.jit, "trace", lambda *a, **k: traces.append(1) or real(*a, **k))
+    eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X)
+    first = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
+    np.testing.assert_allclose(first.transform(X), eager, rtol=1e-4, atol=1e-5)
+    second = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
+    np.testing.assert_allclose(second.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert len(traces) == 1 and second._optimized.entry is first._optimized.entry
+    assert not second._backbone.made  # checked already: the network was never copied
+    # "auto" runs the process's traced module for a small transform too
+    small = PretrainedFeatureExtractor(cache=False, image_size=32).fit(X)
+    np.testing.assert_allclose(small.transform(X[:2]), eager[:2], rtol=1e-4, atol=1e-5)
+    assert small._optimized.entry is first._optimized.entry
+    # another setting traces its own; unpickled extractors trace their own
+    other = PretrainedFeatureExtractor(cache=False, image_size=32, pooling="max", optimize=True).fit(X)
+    other.transform(X)
+    assert len(traces) == 2 and other._optimized.entry is not first._optimized.entry
+    again = pickle.loads(pickle.dumps(second))
+    np.testing.assert_allclose(again.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert len(traces) == 3 and again._optimized.entry is not first._optimized.entry
+    # a failure found by one extractor holds for all: eager (and right) from then on
+    first._optimized.entry.width = -1
+    np.testing.assert_allclose(second.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert first._optimized.traced is None and second._optimized.traced is None
+    np.testing.assert_allclose(first.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert second._backbone.made  # eager execution copied the network
+    # at most MAX_KEPT settings are kept per built network (each holds a copy of the weights)
+    shared = SharedTraces()
+    for key in range(SharedTraces.MAX_KEPT + 2):
+        shared.entry(key, lambda key=key: mod.TraceEntry(key))
+    assert [k in shared for k in range(SharedTraces.MAX_KEPT + 2)] == [False, False] + [True] * SharedTraces.MAX_KEPT
+    assert shared.entry(5, lambda: pytest.fail("built twice")).module == 5

@@ -106,10 +106,10 @@ class PlanModule(nn.Module):
 TRACE_BATCH = 2  # images in the example the plan is traced with
 
 
-def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
+def optimize_for_cpu(backbone, plan, pooling, image_size):
     """Trace, freeze and ``optimize_for_inference`` the plan (BatchNorm folded into
-    convolutions, fused oneDNN kernels): a :class:`CheckedTrace`, or ``None``
-    when tracing fails. ``backbone`` is only read.
+    convolutions, fused oneDNN kernels): a :class:`TraceEntry`, or ``None`` when
+    tracing fails. ``backbone`` is only read.
     """
     module = PlanModule(backbone, plan, pooling).eval()
     example = torch.randn(TRACE_BATCH, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
@@ -122,11 +122,27 @@ def optimize_for_cpu(backbone, plan, pooling, image_size, tolerance=0.9999):
                 optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     except Exception:  # tracing is best effort: hooks, data-dependent shapes...
         return None
-    return CheckedTrace(optimized, module, tolerance)
+    return TraceEntry(optimized)
+
+
+class TraceEntry:
+    """An optimized module and what the checks of it found so far.
+
+    Shared by the :class:`CheckedTrace` of every extractor that reads the same
+    weights with the same settings in a process (built once): a check passed by
+    one is not repeated by the others, and a failure sends them all to eager
+    execution.
+    """
+
+    def __init__(self, module):
+        self.module = module  # None once a check failed: eager from then on
+        self.width = None  # the eager width, known once the first batch passed its check
+        self.checked_other_size = False  # a batch of a size other than TRACE_BATCH passed too
 
 
 class CheckedTrace:
-    """The optimized module, checked against the eager plan on the batches it runs first.
+    """The optimized module of a :class:`TraceEntry`, checked against the eager plan on
+    the batches it runs first.
 
     The first batch, and the first whose size differs from the traced
     example's (a graph that baked in the batch size passes a batch of that
@@ -135,41 +151,49 @@ class CheckedTrace:
     eager width. Any failure, mismatch or error switches to eager execution for
     good. Checking real batches costs an eager forward of two images, where a
     check on a batch of its own cost a warm-up of the optimized module besides.
+    ``eager`` is called only for a check or after a failure.
     """
 
-    def __init__(self, traced, eager, tolerance):
-        self.traced = traced
+    def __init__(self, entry, eager, tolerance=0.9999):
+        self.entry = entry
         self.eager = eager
         self.tolerance = tolerance
-        self.width = None
-        self.checked_other_size = False
+
+    @property
+    def traced(self):
+        """The optimized module, or ``None`` once it failed a check."""
+        return self.entry.module
 
     def __call__(self, x):
-        if self.traced is not None:
-            out = self._traced(x)
-            if out is not None and tuple(out.shape) == (x.shape[0], self.width):
+        module = self.entry.module
+        if module is not None:
+            out = self._traced(module, x)
+            if out is not None and tuple(out.shape) == (x.shape[0], self.entry.width):
                 return out
-            self.traced = None  # eager from now on
+            self.entry.module = None  # eager from now on
         return self.eager(x)
 
-    def _traced(self, x):
-        """The traced module's output, or ``None`` where it fails or disagrees with the eager plan."""
-        checking = self.width is None or (not self.checked_other_size and x.shape[0] != TRACE_BATCH)
+    def _traced(self, module, x):
+        """The module's output, or ``None`` where it fails or disagrees with the eager plan."""
+        entry = self.entry
+        checking = entry.width is None or (not entry.checked_other_size and x.shape[0] != TRACE_BATCH)
         try:
             # the graph is optimized already: the profiling executor's first runs only cost time
             with torch.jit.optimized_execution(False):
                 if not checking:
-                    return self.traced(x)
+                    return module(x)
                 with warnings.catch_warnings():  # first runs only: not thread-safe, and may warn
                     warnings.simplefilter("ignore")
-                    out = self.traced(x)
+                    out = module(x)
         except Exception:
             return None
+        if not checking:
+            return out
         expected = self.eager(x[:2])
-        self.width = expected.shape[1]
         if out.shape[1:] != expected.shape[1:] or not _agree(out[:2], expected, self.tolerance):
             return None
-        self.checked_other_size = self.checked_other_size or x.shape[0] != TRACE_BATCH
+        entry.width = expected.shape[1]
+        entry.checked_other_size = entry.checked_other_size or x.shape[0] != TRACE_BATCH
         return out
 
 
