@@ -17,7 +17,6 @@ from ._docstrings import DOCS_URL
 from ._extractor_setup import (
     LazyBackboneAttribute,
     setup_backbone,
-    trace_key,
     traced_runner,
     work_out,
 )
@@ -111,10 +110,10 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         the network (BatchNorm folded into convolutions, fused oneDNN kernels;
         embeddings equal the eager ones to cosine >= 0.9999, checked on the
         first batches it runs, with a fall back to eager execution otherwise).
-        Building it takes about 0.1-0.4 s (Lite0): once per process and setting for
-        a named backbone, else once per fit. ``"auto"`` builds it for a transform of
-        128 images or more, then runs it for any; ``True`` always, ``False`` never.
-        GPUs always run eagerly with bf16 autocast.
+        Building it takes about 0.1-0.4 s (Lite0); extractors of a process with the
+        same named backbone and setting share one. ``"auto"`` uses it for a
+        transform of 128 images or more, then for any; ``True`` always, ``False``
+        never. GPUs always run eagerly with bf16 autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
@@ -293,7 +292,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         device = resolve_device(self.device)
         _network_on(self, device)
         runner = None
-        if _wants_optimized(self.optimize, device, len(source), built=_traced_module_built(self)):
+        if _wants_optimized(self.optimize, device, len(source), built="_optimized" in self.__dict__):
             runner = _optimized_runner(self)
         if runner is None:
             def runner(x):
@@ -376,12 +375,6 @@ def _optimized_runner(extractor):
     if not hasattr(extractor, "_optimized"):
         extractor._optimized = traced_runner(extractor)
     return extractor._optimized
-
-
-def _traced_module_built(extractor):
-    """Whether this fit's traced module, or the process's for the same network and settings, is built."""
-    traces = extractor._backbone.traces
-    return "_optimized" in extractor.__dict__ or (traces is not None and trace_key(extractor) in traces)
 
 
 def _adapt_batchnorm(extractor, source):

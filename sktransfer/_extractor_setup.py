@@ -60,7 +60,9 @@ class LazyBackbone:
         if self._module is None:
             with self._lock:
                 if self._module is None:
-                    self._module = self._make()
+                    # first used inside a transform's inference mode: the copy must stay a normal network
+                    with torch.inference_mode(False):
+                        self._module = self._make()
                     self._make = None
         return self._module
 
@@ -84,6 +86,7 @@ class LazyBackboneAttribute:
     @backbone_.setter
     def backbone_(self, module):
         self._backbone = LazyBackbone(module)
+        self.__dict__.pop("_optimized", None)  # traced from the network it replaces
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # object.__getstate__ returns the __dict__ itself
@@ -135,7 +138,8 @@ def setup_backbone(extractor):
     facts = notes.get(key)
     traces = notes.setdefault("extractor traces", SharedTraces())
     if facts is not None:
-        return LazyBackbone(make=lambda: _frozen_copy(template, facts.backbone_preprocessing), traces=traces), facts
+        make = lambda: _frozen_copy(template, facts.backbone_preprocessing)  # noqa: E731
+        return LazyBackbone(make=make, traces=traces), facts
     # the first fit with these settings validates the preprocessing overrides and copies the network
     backbone = load_backbone(template, None, extractor.preprocessing).eval().requires_grad_(False)
     facts = notes[key] = work_out(backbone, extractor)
@@ -165,15 +169,11 @@ class SharedTraces:
     the weights. A setting whose tracing failed is remembered as ``None``.
     """
 
-    MAX_KEPT = 4
+    MAX_KEPT = 2
 
     def __init__(self):
         self._lock = threading.Lock()
         self._entries = OrderedDict()
-
-    def __contains__(self, key):
-        with self._lock:
-            return self._entries.get(key) is not None
 
     def entry(self, key, build):
         """The :class:`TraceEntry` of ``key`` (``None``: not traceable), built by ``build()`` once."""
@@ -205,8 +205,8 @@ def traced_runner(extractor):
     def build():
         return optimize_for_cpu(extractor.backbone_, layers, pooling, extractor.preprocessing_.image_size)
 
-    shared = extractor._backbone.traces
-    entry = build() if shared is None else shared.entry(trace_key(extractor), build)
+    lazy = extractor._backbone
+    entry = build() if lazy.traces is None else lazy.traces.entry(trace_key(extractor), build)
     if entry is None:
         return None
-    return CheckedTrace(entry, lambda x: forward_layers(extractor.backbone_, x, layers, pooling))
+    return CheckedTrace(entry, lambda x: forward_layers(lazy.get(), x, layers, pooling))

@@ -243,7 +243,8 @@ def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(
 
 def test_extractors_of_a_process_share_one_traced_module_per_setting(X, monkeypatch, fresh_builds):
     """A grid search fits many extractors with one setting: the first traces, the others reuse it
-    without copying the network, and a check that fails sends them all to eager execution."""
+    without copying the network; a wrong answer sends them all to eager execution, an error only
+    the extractor that met it."""
     import sktransfer.backbones._layer_outputs as mod
     from sktransfer._extractor_setup import SharedTraces
 
@@ -251,32 +252,62 @@ def test_extractors_of_a_process_share_one_traced_module_per_setting(X, monkeypa
     real = mod.torch.jit.trace
     monkeypatch.setattr(mod.torch.jit, "trace", lambda *a, **k: traces.append(1) or real(*a, **k))
     eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X)
-    first = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
+
+    def traced_extractor(**params):
+        return PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True, **params).fit(X)
+
+    first = traced_extractor()
     np.testing.assert_allclose(first.transform(X), eager, rtol=1e-4, atol=1e-5)
-    second = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
-    np.testing.assert_allclose(second.transform(X), eager, rtol=1e-4, atol=1e-5)
-    assert len(traces) == 1 and second._optimized.entry is first._optimized.entry
-    assert not second._backbone.made  # checked already: the network was never copied
-    # "auto" runs the process's traced module for a small transform too
+    second, third = traced_extractor(), traced_extractor()
+    for ext in (second, third):
+        np.testing.assert_allclose(ext.transform(X), eager, rtol=1e-4, atol=1e-5)
+        assert ext._optimized.entry is first._optimized.entry
+        assert not ext._backbone.made  # checked already: the network was never copied
+    assert len(traces) == 1
+    # "auto" on a small transform of a new extractor stays eager: its results do not depend on
+    # what other extractors of the process did
     small = PretrainedFeatureExtractor(cache=False, image_size=32).fit(X)
-    np.testing.assert_allclose(small.transform(X[:2]), eager[:2], rtol=1e-4, atol=1e-5)
-    assert small._optimized.entry is first._optimized.entry
+    small.transform(X[:2])
+    assert not hasattr(small, "_optimized")
     # another setting traces its own; unpickled extractors trace their own
-    other = PretrainedFeatureExtractor(cache=False, image_size=32, pooling="max", optimize=True).fit(X)
+    other = traced_extractor(pooling="max")
     other.transform(X)
     assert len(traces) == 2 and other._optimized.entry is not first._optimized.entry
     again = pickle.loads(pickle.dumps(second))
     np.testing.assert_allclose(again.transform(X), eager, rtol=1e-4, atol=1e-5)
     assert len(traces) == 3 and again._optimized.entry is not first._optimized.entry
-    # a failure found by one extractor holds for all: eager (and right) from then on
-    first._optimized.entry.width = -1
+    # an error is this extractor's trouble (memory...): it goes eager, the others keep the module
+    entry = first._optimized.entry
+    module = entry.module
+    entry.module = lambda x: (_ for _ in ()).throw(RuntimeError("out of memory"))
     np.testing.assert_allclose(second.transform(X), eager, rtol=1e-4, atol=1e-5)
-    assert first._optimized.traced is None and second._optimized.traced is None
+    assert second._optimized.traced is None and entry.module is not None
+    entry.module = module
     np.testing.assert_allclose(first.transform(X), eager, rtol=1e-4, atol=1e-5)
-    assert second._backbone.made  # eager execution copied the network
+    assert first._optimized.traced is module
+    # a wrong answer found by one extractor holds for all: eager (and right) from then on
+    entry.width = -1
+    np.testing.assert_allclose(third.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert entry.module is None and first._optimized.traced is None
+    assert third._backbone.made  # eager execution copied the network
     # at most MAX_KEPT settings are kept per built network (each holds a copy of the weights)
     shared = SharedTraces()
-    for key in range(SharedTraces.MAX_KEPT + 2):
+    n = SharedTraces.MAX_KEPT
+    for key in range(n + 2):
         shared.entry(key, lambda key=key: mod.TraceEntry(key))
-    assert [k in shared for k in range(SharedTraces.MAX_KEPT + 2)] == [False, False] + [True] * SharedTraces.MAX_KEPT
-    assert shared.entry(5, lambda: pytest.fail("built twice")).module == 5
+    assert list(shared._entries) == list(range(2, n + 2))
+    assert shared.entry(n + 1, lambda: pytest.fail("built twice")).module == n + 1
+
+
+def test_a_network_copied_during_a_transform_is_a_normal_network(X, fresh_builds):
+    """The lazy copy is made inside the transform's inference mode; it must still work with autograd."""
+    PretrainedFeatureExtractor(cache=False, image_size=32).fit(X)  # the process's first: not lazy
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X)
+    assert not ext._backbone.made
+    ext.transform(X)
+    assert ext._backbone.made
+    params = list(ext.backbone_.parameters())
+    assert not any(p.is_inference() for p in params)
+    x = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    ext.backbone_.forward_features(x).sum().backward()
+    assert x.grad is not None

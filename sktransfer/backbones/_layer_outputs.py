@@ -130,12 +130,12 @@ class TraceEntry:
 
     Shared by the :class:`CheckedTrace` of every extractor that reads the same
     weights with the same settings in a process (built once): a check passed by
-    one is not repeated by the others, and a failure sends them all to eager
-    execution.
+    one is not repeated by the others, and a wrong answer sends them all to
+    eager execution.
     """
 
     def __init__(self, module):
-        self.module = module  # None once a check failed: eager from then on
+        self.module = module  # None once it gave a wrong answer: eager from then on
         self.width = None  # the eager width, known once the first batch passed its check
         self.checked_other_size = False  # a batch of a size other than TRACE_BATCH passed too
 
@@ -148,29 +148,32 @@ class CheckedTrace:
     example's (a graph that baked in the batch size passes a batch of that
     size), must match the eager embeddings of their first two images (cosine
     >= ``tolerance`` each); every batch must give one row per image of the
-    eager width. Any failure, mismatch or error switches to eager execution for
-    good. Checking real batches costs an eager forward of two images, where a
-    check on a batch of its own cost a warm-up of the optimized module besides.
-    ``eager`` is called only for a check or after a failure.
+    eager width. A mismatch switches every extractor sharing the entry to eager
+    execution for good; an error, this one only. Checking real batches costs an
+    eager forward of two images, where a check on a batch of its own cost a
+    warm-up of the optimized module besides. ``eager`` is called only for a
+    check or after a failure.
     """
 
     def __init__(self, entry, eager, tolerance=0.9999):
         self.entry = entry
         self.eager = eager
         self.tolerance = tolerance
+        self.raised = False  # the module raised here: eager for this extractor only
 
     @property
     def traced(self):
-        """The optimized module, or ``None`` once it failed a check."""
-        return self.entry.module
+        """The optimized module, or ``None`` once it failed a check or raised."""
+        return None if self.raised else self.entry.module
 
     def __call__(self, x):
-        module = self.entry.module
+        module = self.traced
         if module is not None:
             out = self._traced(module, x)
             if out is not None and tuple(out.shape) == (x.shape[0], self.entry.width):
                 return out
-            self.entry.module = None  # eager from now on
+            if not self.raised:  # a wrong answer: wrong for every extractor that shares it
+                self.entry.module = None
         return self.eager(x)
 
     def _traced(self, module, x):
@@ -185,10 +188,9 @@ class CheckedTrace:
                 with warnings.catch_warnings():  # first runs only: not thread-safe, and may warn
                     warnings.simplefilter("ignore")
                     out = module(x)
-        except Exception:
+        except Exception:  # may be this call's own trouble (memory...): the others keep the module
+            self.raised = True
             return None
-        if not checking:
-            return out
         expected = self.eager(x[:2])
         if out.shape[1:] != expected.shape[1:] or not _agree(out[:2], expected, self.tolerance):
             return None
