@@ -13,10 +13,13 @@ stratified held-out test set:
 * skorch ``NeuralNetClassifier`` on the same Lite0 network (whole backbone, AdamW lr 1e-3, batch
   32, 10 epochs, no validation split), for n <= ``--skorch-max-n`` (its cost grows with n).
 
-Training sets of n <= ``--repeat-max-n`` images are averaged over ``--repeats`` stratified draws. Usage::
+Training sets of n <= ``--repeat-max-n`` images are averaged over ``--repeats`` stratified draws.
+``--test-splits K`` repeats everything over K held-out test sets (stratified splits with seeds
+0 ... K-1; the default, 1, is the one fixed split) and reports the means: for small sets such as
+the faces, whose test set has 80 images, one split decides rows by one or two images. Usage::
 
     python benchmarks/few_shot.py [--sets digits photo_crops faces] [--sizes 32 64]
-        [--repeats 3] [--figure docs/figures/few_shot.png]
+        [--repeats 3] [--test-splits 1] [--figure docs/figures/few_shot.png]
 """
 
 import argparse
@@ -77,9 +80,9 @@ def skorch_fit_score(Xtr, ytr, Xte, yte, size, n_classes, epochs=10):
     return float((net.predict(ready(Xte)) == yte).mean())
 
 
-def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n):
+def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0):
     X, y = SETS[name]()
-    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=0)
+    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=split)
     flat = lambda a: as_unit(a).reshape(len(a), -1)  # noqa: E731
     embeddings = {}
     for label, layer in FROZEN_LAYERS.items():
@@ -112,10 +115,27 @@ def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n):
             row["skorch, 10 epochs"] = np.mean([
                 skorch_fit_score(Xp[i], yp[i], Xt, yt, size, len(np.unique(y))) for i in idxs])
         rows.append(row)
-        print(f"  {name} {size}px n={row['n']}: " + ", ".join(
+        print(f"  {name} {size}px split {split} n={row['n']}: " + ", ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "n"), flush=True)
     auto_layer = embeddings["auto (default)"][2]
     return rows, auto_layer, len(yt)
+
+
+def mean_over_splits(splits):
+    """``curve``'s results over several test splits: numbers averaged, draws counted over all splits."""
+    rows, auto_layer, n_test = splits[0]
+    if len(splits) == 1:
+        return rows, auto_layer, n_test
+    merged = []
+    for at_n in zip(*(split_rows for split_rows, _, _ in splits)):
+        row = dict(at_n[0])
+        for key, value in row.items():
+            if isinstance(value, float) and key != "n":
+                row[key] = float(np.mean([r[key] for r in at_n]))
+        row["draws"] = sum(r["draws"] for r in at_n)
+        merged.append(row)
+    layers = {layer for _, layer, _ in splits}
+    return merged, "/".join(sorted(layers)), f"{n_test} x {len(splits)} splits"
 
 
 def table(name, size, rows, auto_layer, n_test):
@@ -169,14 +189,16 @@ def main():
     parser.add_argument("--repeat-max-n", type=int, default=100, help="average draws up to this n")
     parser.add_argument("--skorch-max-n", type=int, default=200)
     parser.add_argument("--hidden-max-n", type=int, default=100, help="head_hidden=(1024,) up to this n")
+    parser.add_argument("--test-splits", type=int, default=1, help="average over this many test sets")
     parser.add_argument("--figure", default=None)
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     results = {}
     for name in args.sets:
         for size in args.sizes:
-            rows, auto_layer, n_test = curve(name, size, args.repeats, args.repeat_max_n, args.skorch_max_n,
-                                             args.hidden_max_n)
+            splits = [curve(name, size, args.repeats, args.repeat_max_n, args.skorch_max_n, args.hidden_max_n,
+                            split) for split in range(args.test_splits)]
+            rows, auto_layer, n_test = mean_over_splits(splits)
             table(name, size, rows, auto_layer, n_test)
             results[(name, size)] = rows
     if args.figure:
