@@ -42,5 +42,13 @@ def empty_caches(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def fresh_builds(monkeypatch):
+    """A process that has built no backbone yet (and so derived and traced nothing from one)."""
+    from sktransfer.backbones import _loading
+
+    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

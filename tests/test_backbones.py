@@ -249,14 +249,13 @@ def test_lite0_uses_fast_depthwise_and_leaves_user_modules_alone():
     assert type(user[0]) is nn.Conv2d
 
 
-def test_named_backbones_are_built_once_per_process_and_copied(monkeypatch):
+def test_named_backbones_are_built_once_per_process_and_copied(monkeypatch, fresh_builds):
     """A grid search builds the same backbone for every fit: the second load copies the first."""
     from sktransfer.backbones import _loading
 
     built = []
     real = _loading._build_named
     monkeypatch.setattr(_loading, "_build_named", lambda name, weights: built.append(name) or real(name, weights))
-    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
     first = load_backbone()
     second = load_backbone()
     assert built == ["efficientnet_lite0"]
@@ -270,11 +269,10 @@ def test_named_backbones_are_built_once_per_process_and_copied(monkeypatch):
     assert built == ["efficientnet_lite0", "efficientnet_lite0"]
 
 
-def test_loading_a_backbone_leaves_the_random_stream_alone(monkeypatch):
+def test_loading_a_backbone_leaves_the_random_stream_alone(fresh_builds):
     """Built or copied, a load draws no random numbers: fits with one random_state stay equal."""
     from sktransfer.backbones import _loading
 
-    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
     expected = torch.manual_seed(0) and torch.rand(3)
     for _ in ("built", "copied"):
         torch.manual_seed(0)

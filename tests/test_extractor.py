@@ -15,14 +15,6 @@ def X(photos):
     return np.stack([np.asarray(Image.fromarray(photos[n]).resize((40, 40))) for n in ("chelsea", "coffee", "rocket")])
 
 
-@pytest.fixture
-def fresh_builds(monkeypatch):
-    """A process that has built no backbone yet (and so traced nothing)."""
-    from sktransfer.backbones import _loading
-
-    monkeypatch.setattr(_loading, "_BUILT", type(_loading._BUILT)())
-
-
 def prepared(ext, X):
     from sktransfer.data._preprocessing import prepare_batch
 
