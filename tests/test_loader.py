@@ -1,11 +1,12 @@
-"""Image files decoded in DataLoader workers: same result as in the main process."""
+"""Image files: decoded in DataLoader workers as in the main process; large JPEG files at a reduced scale."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
+from sktransfer import FineTuneClassifier, Preprocessing, PretrainedFeatureExtractor
 from sktransfer.data._batches import resolve_num_workers
+from sktransfer.data._sources import ListSource
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,46 @@ def test_corrupt_file_in_a_worker_names_the_file(image_files, tmp_path):
     ext = PretrainedFeatureExtractor(image_size=32, batch_size=8, num_workers=1, cache=False).fit(paths)
     with pytest.raises(ValueError, match="broken.png"):
         ext.transform(files)
+
+
+@pytest.fixture(scope="module")
+def large_jpeg(tmp_path_factory, photos):
+    """A real photograph as a 1024x768 JPEG file, and the array a full decode of it gives."""
+    path = tmp_path_factory.mktemp("large") / "chelsea.jpg"
+    Image.fromarray(photos["chelsea"]).resize((1024, 768), Image.LANCZOS).save(path, quality=92)
+    with Image.open(path) as img:
+        full = np.asarray(img.convert("RGB"))
+    return str(path), full
+
+
+def test_large_jpeg_files_are_decoded_at_a_reduced_scale(large_jpeg, tmp_path):
+    path, full = large_jpeg
+    source = ListSource([path], None)
+    assert tuple(source.batch([0])[0].shape) == (3, 768, 1024)
+    # the largest reduction of 1/2, 1/4, 1/8 whose sides all stay >= draft_side
+    assert tuple(source.batch([0], draft_side=128)[0].shape) == (3, 192, 256)  # 1/8 would leave 96 rows
+    assert tuple(source.batch([0], draft_side=400)[0].shape) == (3, 768, 1024)  # 1/2 would leave 384
+    png = tmp_path / "chelsea.png"
+    Image.fromarray(full).save(png)
+    assert tuple(ListSource([str(png)], None).batch([0], draft_side=128)[0].shape) == (3, 768, 1024)
+
+    kw = dict(image_size=64, cache=False)  # 768 rows >= 2 x 64: decoded at 1/4
+    drafted = PretrainedFeatureExtractor(**kw).fit([path]).transform([path])
+    exact = PretrainedFeatureExtractor(preprocessing={"jpeg_draft": False}, **kw).fit([path])
+    full_size = exact.transform([path])
+    # jpeg_draft=False: the file gives the embedding of its fully decoded pixels
+    np.testing.assert_allclose(full_size, exact.transform(full[None]), rtol=1e-4, atol=1e-4)
+    # the default decodes less and agrees closely, but is not the same computation
+    cosine = (drafted * full_size).sum() / np.linalg.norm(drafted) / np.linalg.norm(full_size)
+    assert cosine > 0.995
+    assert np.abs(drafted - full_size).max() > 1e-3
+    # a file smaller than twice the input size is decoded whole either way
+    small = PretrainedFeatureExtractor(image_size=512, cache=False)
+    np.testing.assert_array_equal(small.fit([path]).transform([path]),
+                                  small.set_params(preprocessing={"jpeg_draft": False}).fit([path]).transform([path]))
+
+
+def test_jpeg_draft_must_be_a_boolean():
+    with pytest.raises(TypeError, match="jpeg_draft must be True or False"):
+        Preprocessing(jpeg_draft="yes")
+    assert Preprocessing(jpeg_draft=np.False_).jpeg_draft is False

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._preprocessing import prepare_batch
+from ._preprocessing import draft_side, prepare_batch
 
 MAX_AUTO_WORKERS = 4
 
@@ -70,7 +70,7 @@ def to_device(x, device, channels_last=False):
 
 
 def _prepare_item(source, i, spec):
-    return prepare_batch(source.batch([i]), spec, torch.device("cpu"))[0]
+    return prepare_batch(source.batch([i], draft_side(spec)), spec, torch.device("cpu"))[0]
 
 
 def prepare_indices(source, indices, spec, device, channels_last=False):

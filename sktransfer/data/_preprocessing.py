@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+# a JPEG file is decoded at a reduced scale only while both sides stay at least this many times
+# the input size: the antialiased resize then does the last reduction (at 1x, min cosine 0.990)
+JPEG_DRAFT_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,14 @@ class Preprocessing:
         Per-channel normalisation applied to RGB values in [0, 1].
     interpolation : {"bilinear", "bicubic", "nearest", "area"}, default="bilinear"
         Resampling used to resize images (with antialiasing when shrinking).
+    jpeg_draft : bool, default=True
+        Decode a JPEG file at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+        scaling, Pillow's ``Image.draft``) when the reduced image is still at
+        least ``JPEG_DRAFT_MARGIN`` (2) times ``image_size`` on both sides; it
+        is then resized as any image. Large photographs decode several times
+        faster, and their embeddings stay within cosine 0.998 of a full
+        decode's (docs/benchmarks.md). ``False``: every file is decoded at
+        full size. Arrays and PIL images are never affected.
 
     Examples
     --------
@@ -36,6 +48,7 @@ class Preprocessing:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     interpolation: str = "bilinear"
+    jpeg_draft: bool = True
 
     def __post_init__(self):
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -47,6 +60,9 @@ class Preprocessing:
                 f"Preprocessing interpolation must be one of {_INTERPOLATIONS}, "
                 f"got {self.interpolation!r}."
             )
+        if not isinstance(self.jpeg_draft, (bool, np.bool_)):
+            raise TypeError(f"Preprocessing jpeg_draft must be True or False, got {self.jpeg_draft!r}.")
+        object.__setattr__(self, "jpeg_draft", bool(self.jpeg_draft))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         object.__setattr__(self, "image_size", int(self.image_size))
@@ -56,6 +72,11 @@ class Preprocessing:
         fields = dict(vars(self))
         fields.update({k: v for k, v in changes.items() if v is not None})
         return Preprocessing(**fields)
+
+
+def draft_side(spec):
+    """The smallest side a JPEG file may be decoded at for ``spec`` (``None``: full size)."""
+    return JPEG_DRAFT_MARGIN * spec.image_size if spec.jpeg_draft else None
 
 
 def to_rgb(batch):

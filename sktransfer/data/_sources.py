@@ -49,9 +49,13 @@ class ImageSource:
     def __len__(self):
         raise NotImplementedError
 
-    def batch(self, indices):
+    def batch(self, indices, draft_side=None):
         """Images at ``indices``: a (b, C, H, W) tensor or a list of (C, H, W) tensors, uint8 or
-        float32 in [0, 1] (:func:`~sktransfer.data._preprocessing.prepare_batch` takes both)."""
+        float32 in [0, 1] (:func:`~sktransfer.data._preprocessing.prepare_batch` takes both).
+
+        ``draft_side``: JPEG files may be decoded at a reduced scale whose sides
+        are all at least this (see ``Preprocessing.jpeg_draft``); ``None``: full size.
+        """
         raise NotImplementedError
 
     @property
@@ -94,7 +98,7 @@ class ArraySource(ImageSource):
     def __len__(self):
         return len(self.data)
 
-    def batch(self, indices):
+    def batch(self, indices, draft_side=None):
         return _scale(self.data[indices], self.pixel_range)
 
 
@@ -108,8 +112,8 @@ class SubsetSource(ImageSource):
     def __len__(self):
         return len(self.indices)
 
-    def batch(self, indices):
-        return self.source.batch(self.indices[indices])
+    def batch(self, indices, draft_side=None):
+        return self.source.batch(self.indices[indices], draft_side)
 
     @property
     def decodes_files(self):
@@ -141,14 +145,14 @@ class ListSource(ImageSource):
     def decodes_files(self):
         return any(isinstance(it, (str, os.PathLike)) for it in self.items)
 
-    def batch(self, indices):
+    def batch(self, indices, draft_side=None):
         if isinstance(indices, slice):
             indices = range(*indices.indices(len(self.items)))
-        return [self._decode(self.items[i]) for i in indices]
+        return [self._decode(self.items[i], draft_side) for i in indices]
 
-    def _decode(self, item):
+    def _decode(self, item, draft_side=None):
         if isinstance(item, (str, os.PathLike)):
-            return _scale(_read_image(item), None)
+            return _scale(_read_image(item, draft_side), None)
         if is_pil(item):
             return _scale(_pil_to_array(item), None)
         if isinstance(item, torch.Tensor):
@@ -172,7 +176,9 @@ def _pil_to_array(img):
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def _read_image(path):
+def _read_image(path, draft_side=None):
+    """A file's pixels as a (C, H, W) uint8 array; a JPEG decoded at 1/2, 1/4 or 1/8 scale
+    when every side stays at least ``draft_side`` (libjpeg's DCT scaling; other formats ignore it)."""
     from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
@@ -180,6 +186,8 @@ def _read_image(path):
         raise FileNotFoundError(f"Image file {path!r} does not exist; check the path.")
     try:
         with Image.open(path) as img:
+            if draft_side is not None and img.format == "JPEG":
+                img.draft(img.mode, (draft_side, draft_side))
             img.load()
             return _pil_to_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
