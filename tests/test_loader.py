@@ -131,6 +131,12 @@ def test_large_jpeg_files_are_decoded_at_a_reduced_scale(large_jpeg, tmp_path):
     cosine = (drafted * full_size).sum() / np.linalg.norm(drafted) / np.linalg.norm(full_size)
     assert cosine > 0.995
     assert np.abs(drafted - full_size).max() > 1e-3
+    # the embedding cache tells the two decodings apart
+    cached = [PretrainedFeatureExtractor(image_size=64, preprocessing=p).fit([path]).transform([path])
+              for p in (None, {"jpeg_draft": False}, None)]
+    np.testing.assert_allclose(cached[0], drafted, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cached[1], full_size, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(cached[2], cached[0])
     # a file smaller than twice the input size is decoded whole either way
     small = PretrainedFeatureExtractor(image_size=512, cache=False)
     np.testing.assert_array_equal(small.fit([path]).transform([path]),
