@@ -117,9 +117,13 @@ def test_large_jpeg_files_are_decoded_at_a_reduced_scale(large_jpeg, tmp_path):
     # the largest reduction of 1/2, 1/4, 1/8 whose sides all stay >= draft_side
     assert tuple(source.batch([0], draft_side=128)[0].shape) == (3, 192, 256)  # 1/8 would leave 96 rows
     assert tuple(source.batch([0], draft_side=400)[0].shape) == (3, 768, 1024)  # 1/2 would leave 384
-    png = tmp_path / "chelsea.png"
+    png, mpo = tmp_path / "chelsea.png", tmp_path / "camera.mpo"  # MPO: a camera's JPEG with a preview
     Image.fromarray(full).save(png)
+    Image.fromarray(full).save(mpo, "MPO", save_all=True, append_images=[Image.fromarray(full[::4, ::4])])
     assert tuple(ListSource([str(png)], None).batch([0], draft_side=128)[0].shape) == (3, 768, 1024)
+    with Image.open(mpo) as img:
+        assert img.format == "MPO"
+    assert tuple(ListSource([str(mpo)], None).batch([0], draft_side=128)[0].shape) == (3, 192, 256)
 
     kw = dict(image_size=64, cache=False)  # 768 rows >= 2 x 64: decoded at 1/4
     drafted = PretrainedFeatureExtractor(**kw).fit([path]).transform([path])

@@ -29,7 +29,8 @@ class Preprocessing:
     interpolation : {"bilinear", "bicubic", "nearest", "area"}, default="bilinear"
         Resampling used to resize images (with antialiasing when shrinking).
     jpeg_draft : bool, default=True
-        Decode a JPEG file at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+        Decode a JPEG file (or MPO, a camera's JPEG with previews) at 1/2,
+        1/4 or 1/8 of its size (libjpeg's DCT
         scaling, Pillow's ``Image.draft``) when the reduced image is still at
         least ``JPEG_DRAFT_MARGIN`` (2) times ``image_size`` on both sides; it
         is then resized as any image. Large photographs decode several times

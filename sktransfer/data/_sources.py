@@ -177,8 +177,9 @@ def _pil_to_array(img):
 
 
 def _read_image(path, draft_side=None):
-    """A file's pixels as a (C, H, W) uint8 array; a JPEG decoded at 1/2, 1/4 or 1/8 scale
-    when every side stays at least ``draft_side`` (libjpeg's DCT scaling; other formats ignore it)."""
+    """A file's pixels as a (C, H, W) uint8 array; a JPEG (or MPO, cameras' JPEG with previews)
+    decoded at 1/2, 1/4 or 1/8 scale when every side stays at least ``draft_side`` (libjpeg's DCT
+    scaling; Pillow's other formats ignore ``draft``)."""
     from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
@@ -186,7 +187,7 @@ def _read_image(path, draft_side=None):
         raise FileNotFoundError(f"Image file {path!r} does not exist; check the path.")
     try:
         with Image.open(path) as img:
-            if draft_side is not None and img.format == "JPEG":
+            if draft_side is not None:
                 img.draft(img.mode, (draft_side, draft_side))
             img.load()
             return _pil_to_array(img)
