@@ -30,10 +30,10 @@ class Preprocessing:
         Resampling used to resize images (with antialiasing when shrinking).
     jpeg_draft : bool, default=True
         Decode a JPEG file (or MPO, a camera's JPEG with previews) at 1/2,
-        1/4 or 1/8 of its size (libjpeg's DCT
-        scaling, Pillow's ``Image.draft``) when the reduced image is still at
-        least ``JPEG_DRAFT_MARGIN`` (2) times ``image_size`` on both sides; it
-        is then resized as any image. Large photographs decode several times
+        1/4 or 1/8 of its size (libjpeg's DCT scaling, Pillow's
+        ``Image.draft``) when the reduced image is still at least
+        ``JPEG_DRAFT_MARGIN`` (2) times ``image_size`` on both sides; it is
+        then resized as any image. Large photographs decode several times
         faster, and their embeddings stay within cosine 0.998 of a full
         decode's (docs/benchmarks.md). ``False``: every file is decoded at
         full size. Arrays and PIL images are never affected.
