@@ -27,14 +27,16 @@ import torch
 from ._device import module_device
 from ._digest import state_digest
 from ._inference import extract
-from .backbones._cut import resolve_layer
+from .backbones._cut import AUTO, resolve_layer, stage_index, stage_outputs
 from .backbones._layer_outputs import (
+    EMBEDDING,
     CheckedTrace,
     forward_layers,
     optimize_for_cpu,
     resolve_layers,
 )
 from .backbones._loading import kept_named, load_backbone
+from .backbones._pooling import pool
 from .data._preprocessing import Preprocessing
 from .data._sources import ArraySource
 
@@ -150,14 +152,21 @@ def work_out(backbone, extractor):
     """:class:`SetupFacts` of ``backbone`` with ``extractor``'s settings (one 1-image probe on its device)."""
     preprocessing = backbone.preprocessing.replace(image_size=extractor.image_size)
     size = preprocessing.image_size
-    layers = resolve_layers(backbone, resolve_layer(backbone, extractor.layer, size))
-    device = module_device(backbone)
-    probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
-    widths = [
-        extract(lambda x, plan=[layer]: forward_layers(backbone, x, plan, extractor.pooling),
-                probe, preprocessing, device, 1, channels_last=True).shape[1]
-        for layer in layers
-    ]
+    auto = isinstance(extractor.layer, str) and extractor.layer == AUTO
+    probed = stage_outputs(backbone, size) if auto else None
+    layers = resolve_layers(backbone, resolve_layer(backbone, extractor.layer, size, probed))
+    if auto:  # one layer, whose output the probe recorded
+        (label, _), = layers
+        outputs, final = probed
+        widths = [pool(final if label == EMBEDDING else outputs[stage_index(label)], extractor.pooling).shape[1]]
+    else:
+        device = module_device(backbone)
+        probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
+        widths = [
+            extract(lambda x, plan=[layer]: forward_layers(backbone, x, plan, extractor.pooling),
+                    probe, preprocessing, device, 1, channels_last=True).shape[1]
+            for layer in layers
+        ]
     return SetupFacts(backbone.preprocessing, preprocessing, tuple(layers), tuple(widths),
                       state_digest(backbone), backbone.family)
 

@@ -206,8 +206,8 @@ def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch, fre
 def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeypatch, fresh_builds):
     import sktransfer.backbones._layer_outputs as mod
 
-    real = mod.torch.jit.optimize_for_inference
-    monkeypatch.setattr(mod.torch.jit, "optimize_for_inference", lambda m: (lambda x: -real(m)(x)))
+    real = mod.torch.jit.freeze
+    monkeypatch.setattr(mod.torch.jit, "freeze", lambda m: (lambda x: -real(m)(x)))
     ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
     Z = ext.transform(X)
     assert ext._optimized is not None and ext._optimized.traced is None  # built, checked, dropped
@@ -218,13 +218,13 @@ def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeyp
 def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(X, monkeypatch, fresh_builds):
     import sktransfer.backbones._layer_outputs as mod
 
-    real = mod.torch.jit.optimize_for_inference
+    real = mod.torch.jit.freeze
 
-    def optimized_for_two(m):
+    def frozen_for_two(m):
         module = real(m)
         return lambda x: module(x) if x.shape[0] == mod.TRACE_BATCH else -module(x)
 
-    monkeypatch.setattr(mod.torch.jit, "optimize_for_inference", optimized_for_two)
+    monkeypatch.setattr(mod.torch.jit, "freeze", frozen_for_two)
     ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
     eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X)
     np.testing.assert_allclose(ext.transform(X[:2]), eager.transform(X[:2]), rtol=1e-4, atol=1e-5)

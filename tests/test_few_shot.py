@@ -45,6 +45,20 @@ def test_extractor_default_layer_follows_the_image_size(digits):
     assert native.layers_[0][0] == "embedding" and native.n_features_out_ == 1280
 
 
+@pytest.mark.parametrize("size, pooling", [(64, "catavgmax"), (64, None), (224, "gem"), (224, None)])
+def test_auto_layer_widths_come_from_its_probe_and_match_the_outputs(digits, size, pooling):
+    """layer="auto" reads its layer's width from the probe that chose the layer (no second probe)."""
+    _, X, _ = digits
+    auto = PretrainedFeatureExtractor(image_size=size, pooling=pooling, cache=False).fit(X[:2])
+    named = PretrainedFeatureExtractor(image_size=size, pooling=pooling, cache=False,
+                                       layer=auto.layers_[0][0]).fit(X[:2])  # the width probe's path
+    assert auto.layers_ == named.layers_ and auto.layer_widths_ == named.layer_widths_
+    assert auto.transform(X[:3]).shape == (3, auto.n_features_out_)
+    channels = {64: 112, 224: 1280}[size]
+    expected = {"catavgmax": 2 * channels, "gem": channels, None: channels * {64: 16, 224: 49}[size]}
+    assert auto.n_features_out_ == expected[pooling]
+
+
 def test_cut_backbone_computes_the_stage_output_and_drops_the_rest(lite0):
     full = load_backbone().eval()
     cut = cut_backbone(load_backbone(), 3, 64).eval()

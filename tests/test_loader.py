@@ -151,3 +151,44 @@ def test_jpeg_draft_must_be_a_boolean():
     with pytest.raises(TypeError, match="jpeg_draft must be True or False"):
         Preprocessing(jpeg_draft="yes")
     assert Preprocessing(jpeg_draft=np.False_).jpeg_draft is False
+
+
+def test_images_given_one_at_a_time_are_prepared_in_bounded_groups(monkeypatch, photos, tmp_path):
+    import torch
+
+    from sktransfer.data import _preprocessing as prep
+
+    rng = np.random.default_rng(0)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, 50, 60), dtype=np.uint8)) for _ in range(5)]
+    images += [torch.from_numpy(rng.random((3, 50, 60), dtype=np.float32)) for _ in range(2)]
+    images += [torch.from_numpy(rng.integers(0, 256, (1, 40, 40), dtype=np.uint8)) for _ in range(3)]
+    images += [images[0]]
+    spec, cpu = Preprocessing(image_size=32), torch.device("cpu")
+    one_by_one = torch.cat([prep.prepare_batch(img[None], spec, cpu) for img in images])
+    groups = []
+    original = prep.prepare_batch
+
+    def counting(batch, *args):
+        if not isinstance(batch, list):
+            groups.append(len(batch))
+        return original(batch, *args)
+
+    monkeypatch.setattr(prep, "prepare_batch", counting)
+    together = prep.prepare_images(iter(images), spec, cpu, channels_last=True)
+    # runs of one shape and dtype go together, and each image's values are its own
+    assert groups == [5, 2, 3, 1]
+    assert together.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(together, one_by_one, rtol=0, atol=0)
+    groups.clear()
+    monkeypatch.setattr(prep, "GROUP_BYTES", 2 * 3 * 50 * 60)  # two of the uint8 images at most
+    torch.testing.assert_close(prep.prepare_images(images, spec, cpu), one_by_one, rtol=0, atol=0)
+    assert groups == [2, 2, 1, 1, 1, 3, 1]  # a float image (4 bytes a value) alone is over
+
+    # lossless files and the arrays of their pixels give the same embeddings, to the last bit
+    rgb = np.stack([photos[n][:120, :100] for n in ("chelsea", "coffee", "rocket", "astronaut")])
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rgb[i % 4]).save(paths[-1])
+    ext = PretrainedFeatureExtractor(image_size=32, batch_size=4, cache=False).fit(paths)
+    np.testing.assert_array_equal(ext.transform(paths), ext.transform(rgb[[0, 1, 2, 3, 0, 1]]))

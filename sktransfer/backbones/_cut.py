@@ -24,11 +24,9 @@ AUTO = "auto"
 AUTO_MIN_SIDE = 4
 
 
-def stage_map_sides(backbone, image_size):
-    """``(sides, final)``: the smaller side of each stage's output map, and of the last map.
-
-    ``None`` where an output is not a ``(N, C, H, W)`` map (tokens, vectors).
-    """
+def stage_outputs(backbone, image_size):
+    """``(outputs, final)`` for a probe image of ``image_size``: each stage's output
+    (``None`` for a stage whose module did not run) and ``forward_features``' output."""
     modules = dict(backbone.model.named_modules())
     names = backbone.stage_output_modules()
     taps = {i: modules[name] for i, name in enumerate(names) if name in modules}
@@ -38,15 +36,25 @@ def stage_map_sides(backbone, image_size):
         # channels_last: the layout CPU kernels run fastest (a third less time at 224 px); shapes are the same
         probe = torch.zeros(1, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            final.append(_side(backbone.forward_features(probe)))
+            final.append(backbone.forward_features(probe))
 
     was_training = backbone.training
     backbone.eval()
     try:
-        found = {i: _side(output) for i, output in record(run, taps)}
+        found = dict(record(run, taps))
     finally:
         backbone.train(was_training)
     return [found.get(i) for i in range(len(names))], final[0]
+
+
+def stage_map_sides(backbone, image_size, probed=None):
+    """``(sides, final)``: the smaller side of each stage's output map, and of the last map.
+
+    ``None`` where an output is not a ``(N, C, H, W)`` map (tokens, vectors).
+    ``probed``: :func:`stage_outputs` at ``image_size``, if already run.
+    """
+    outputs, final = probed or stage_outputs(backbone, image_size)
+    return [_side(out) for out in outputs], _side(final)
 
 
 def _side(out):
@@ -55,13 +63,13 @@ def _side(out):
     return min(out.shape[-2:]) if isinstance(out, torch.Tensor) and out.ndim == 4 else None
 
 
-def auto_stage(backbone, image_size):
+def auto_stage(backbone, image_size, probed=None):
     """Stage index chosen by ``layer="auto"`` at ``image_size``; ``None``: the final embedding.
 
     The final embedding when its map is at least ``AUTO_MIN_SIDE`` on a side (or
     is not a map); otherwise the deepest stage whose map is.
     """
-    sides, final = stage_map_sides(backbone, image_size)
+    sides, final = stage_map_sides(backbone, image_size, probed)
     if final is None or final >= AUTO_MIN_SIDE:
         return None
     deep_enough = [i for i, side in enumerate(sides) if side is not None and side >= AUTO_MIN_SIDE]
@@ -76,10 +84,13 @@ def stage_index(layer, n_stages=None):
     return int(match.group(1))
 
 
-def resolve_layer(backbone, layer, image_size):
-    """``layer="auto"`` -> ``"stageK"`` or ``None`` (the final embedding); other values unchanged."""
+def resolve_layer(backbone, layer, image_size, probed=None):
+    """``layer="auto"`` -> ``"stageK"`` or ``None`` (the final embedding); other values unchanged.
+
+    ``probed``: :func:`stage_outputs` at ``image_size``, if already run.
+    """
     if isinstance(layer, str) and layer == AUTO:
-        stage = auto_stage(backbone, image_size)
+        stage = auto_stage(backbone, image_size, probed)
         return None if stage is None else f"stage{stage}"
     return layer
 

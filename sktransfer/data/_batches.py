@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._preprocessing import draft_side, prepare_batch
+from ._preprocessing import draft_side, prepare_batch, prepare_images
 
 MAX_AUTO_WORKERS = 4
 
@@ -76,14 +76,17 @@ def _prepare_item(source, i, spec):
 def prepare_indices(source, indices, spec, device, channels_last=False):
     """The backbone input for ``source[indices]`` (a slice or index array).
 
-    Files are decoded and resized one at a time: a batch of large photographs
-    never sits in memory at full size.
+    Files are decoded one at a time and resized on the CPU, in groups of equal
+    size of at most ``GROUP_BYTES``: a batch of large photographs never sits in
+    memory at full size, and the result does not depend on ``num_workers``.
     """
     if not source.decodes_files:
         return prepare_batch(source.batch(indices), spec, device, channels_last)
     if isinstance(indices, slice):
         indices = range(*indices.indices(len(source)))
-    return to_device(torch.stack([_prepare_item(source, i, spec) for i in indices]), device, channels_last)
+    side = draft_side(spec)
+    decoded = (source.batch([i], side)[0] for i in indices)
+    return to_device(prepare_images(decoded, spec, torch.device("cpu"), channels_last), device, channels_last)
 
 
 class _PreparedItems(Dataset):

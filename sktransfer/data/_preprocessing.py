@@ -14,6 +14,9 @@ _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 # a JPEG file is decoded at a reduced scale only while both sides stay at least this many times
 # the input size: the antialiased resize then does the last reduction (at 1x, min cosine 0.990)
 JPEG_DRAFT_MARGIN = 2
+# images of one shape and dtype given one at a time are prepared together up to this many bytes
+# of input: fewer, larger kernel calls, while large photographs never become float all at once
+GROUP_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -135,13 +138,37 @@ def prepare_batch(images, spec, device, channels_last=False):
     """Turn raw images into the backbone's normalised input.
 
     ``images`` is a (N, C, H, W) tensor, float32 in [0, 1] or uint8 in
-    [0, 255], or a list of (C, H, W) such tensors of possibly different sizes.
-    Nothing is modified in place.
+    [0, 255], or a list of (C, H, W) such tensors of possibly different sizes
+    (see :func:`prepare_images`). Nothing is modified in place. Each image's
+    values depend on it alone, not on the others in the batch.
     """
     if isinstance(images, (list, tuple)):
-        parts = [_resized(img.unsqueeze(0), spec, device) for img in images]
-        images = torch.cat([to_rgb(x / white if white != 1.0 else x) for x, white in parts])
-        white = 1.0
-    else:
-        images, white = _resized(images, spec, device)
+        return prepare_images(images, spec, device, channels_last)
+    images, white = _resized(images, spec, device)
     return _normalized(images, white, spec, channels_last)
+
+
+def prepare_images(images, spec, device, channels_last=False):
+    """:func:`prepare_batch` of (C, H, W) tensors taken one at a time from an iterable (a
+    generator decoding files, for instance).
+
+    Runs of images with the same shape and dtype are stacked and prepared as
+    one batch, up to ``GROUP_BYTES`` of input at a time; the result is the
+    same as preparing them one by one, at a third less time for 256 px
+    photographs (docs/benchmarks.md).
+    """
+    parts, group, group_bytes = [], [], 0
+    for image in images:
+        nbytes = image.numel() * image.element_size()
+        if group and (image.shape != group[0].shape or image.dtype != group[0].dtype
+                      or group_bytes + nbytes > GROUP_BYTES):
+            parts.append(prepare_batch(torch.stack(group), spec, device, channels_last))
+            group, group_bytes = [], 0
+        group.append(image)
+        group_bytes += nbytes
+    if group:
+        parts.append(prepare_batch(torch.stack(group), spec, device, channels_last))
+    if len(parts) == 1:
+        return parts[0]
+    out = torch.cat(parts)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
