@@ -178,6 +178,26 @@ def test_string_labels_and_prediction_methods(data):
     assert 0 <= clf.score(X, labels) <= 1
 
 
+@pytest.mark.parametrize("hidden", [(), (64,)])
+def test_cpu_scores_do_not_depend_on_the_batch(hidden):
+    # float32 matrix products pick their CPU kernel by the number of rows: a head run in float32
+    # gave a sample other scores (~1e-6) in a batch of 2 than in a batch of 20 on an AVX-512 Xeon
+    from sktransfer.training._network import TransferNet
+
+    torch.manual_seed(0)
+    net = TransferNet(torch.nn.Identity(), 1280, 10, hidden=hidden).eval()
+    features = torch.randn(40, 1280)
+    with torch.inference_mode():
+        whole = net.classify(features)
+        pairs = torch.cat([net.classify(features[i:i + 2]) for i in range(0, 40, 2)])
+        fours = torch.cat([net.classify(features[i:i + 4]) for i in range(0, 40, 4)])
+    assert whole.dtype == torch.float32
+    assert torch.equal(whole, pairs) and torch.equal(whole, fours)
+    with torch.no_grad():  # the same scores as the float32 head, to float32 rounding
+        net.train()
+        np.testing.assert_allclose(net.classify(features).numpy(), whole.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_class_weight_and_sample_weight(data):
     X, y = data
     kw = dict(max_epochs=2, **FAST)

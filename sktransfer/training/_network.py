@@ -5,7 +5,9 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..backbones._pooling import pool
 
@@ -49,8 +51,21 @@ class TransferNet(nn.Module):
         return pool(self.backbone.forward_features(x), self.pooling)
 
     def classify(self, features):
-        """The new head (dropout, hidden layers, last linear layer) on pooled features."""
-        return self.head(self.hidden(self.dropout(features)))
+        """The new head (dropout, hidden layers, last linear layer) on pooled features.
+
+        Inference on the CPU runs the head in float64, rounded back to float32:
+        float32 matrix products pick their kernel by the number of rows (a
+        sample's scores differed by ~1e-6 between batches of 2 and 20), and a
+        prediction must not depend on the batch it came in (scikit-learn's
+        ``check_methods_subset_invariance``). The head is a small share of the
+        network's work.
+        """
+        if self.training or torch.is_grad_enabled() or features.device.type != "cpu":
+            return self.head(self.hidden(self.dropout(features)))
+        x = features.double()
+        for module in (*self.hidden, self.head):
+            x = _linear64(x, module) if isinstance(module, nn.Linear) else module(x)
+        return x.float()
 
     def head_modules(self):
         """The modules of the new head, trained at the head's learning rate."""
@@ -65,6 +80,11 @@ class TransferNet(nn.Module):
         if "hidden" not in self._modules:
             self._modules["hidden"] = nn.Sequential()
         self.__dict__.setdefault("n_features", self.head.in_features)
+
+
+def _linear64(x, linear):
+    bias = None if linear.bias is None else linear.bias.double()
+    return F.linear(x, linear.weight.double(), bias)
 
 
 def hidden_sizes(head_hidden):
