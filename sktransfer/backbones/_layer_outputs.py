@@ -112,9 +112,9 @@ def optimize_for_cpu(backbone, plan, pooling, image_size):
     ``backbone`` is only read.
 
     ``torch.jit.optimize_for_inference`` is not applied: on channels_last input
-    the frozen graph ran as fast or faster without it (Lite0, ResNet-18 and
-    MobileNetV3 the same, ConvNeXt-T 10-20 % faster), and it took another
-    0.01-0.2 s to build (docs/benchmarks.md).
+    it gained 4 % on Lite0 and ResNet-18 and lost 8 % on MobileNetV3 and 22 %
+    on ConvNeXt-T, for another 0.02-0.06 s of build time
+    (``benchmarks/trace_build.py``, docs/benchmarks.md).
     """
     module = PlanModule(backbone, plan, pooling).eval()
     example = torch.randn(TRACE_BATCH, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))

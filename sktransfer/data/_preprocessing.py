@@ -15,8 +15,9 @@ _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 # the input size: the antialiased resize then does the last reduction (at 1x, min cosine 0.990)
 JPEG_DRAFT_MARGIN = 2
 # images of one shape and dtype given one at a time are prepared together up to this many bytes
-# of input: fewer, larger kernel calls, while large photographs never become float all at once
-GROUP_BYTES = 32 * 2**20
+# of input (five 256 px RGB photographs): fewer kernel calls, while the float copies stay in the
+# CPU's caches (groups of 32 MiB, 64 such photographs, took 1.8x as long; docs/benchmarks.md)
+GROUP_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,7 @@ def prepare_images(images, spec, device, channels_last=False):
 
     Runs of images with the same shape and dtype are stacked and prepared as
     one batch, up to ``GROUP_BYTES`` of input at a time; the result is the
-    same as preparing them one by one, at a third less time for 256 px
-    photographs (docs/benchmarks.md).
+    same as preparing them one by one (``benchmarks/trace_build.py``).
     """
     parts, group, group_bytes = [], [], 0
     for image in images:
