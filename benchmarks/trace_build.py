@@ -76,10 +76,10 @@ def part_b(n, repeats):
         spec = Preprocessing(image_size=size)
         batches = [images[i:i + batch] for i in range(0, n, batch)]
 
-        def one_at_a_time():
+        def one_at_a_time(spec=spec, batches=batches):
             return [torch.cat([prepare_batch(img[None], spec, cpu, True) for img in b]) for b in batches]
 
-        def grouped():
+        def grouped(spec=spec, batches=batches):
             return [prepare_images(iter(b), spec, cpu, True) for b in batches]
 
         same = all(torch.equal(u, v) for u, v in zip(one_at_a_time(), grouped()))
