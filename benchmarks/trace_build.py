@@ -82,7 +82,7 @@ def part_b(n, repeats):
         def grouped(spec=spec, batches=batches):
             return [prepare_images(iter(b), spec, cpu, True) for b in batches]
 
-        same = all(torch.equal(u, v) for u, v in zip(one_at_a_time(), grouped()))
+        same = all(torch.equal(u, v) for u, v in zip(one_at_a_time(), grouped(), strict=True))
         one, together = best_of(one_at_a_time, repeats), best_of(grouped, repeats)
         print(f"  {size} px, batches of {batch}: one at a time {one:.3f} s; in groups of one size "
               f"(prepare_images) {together:.3f} s ({one / together:.2f}x); identical results: {same}")

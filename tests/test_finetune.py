@@ -198,6 +198,28 @@ def test_cpu_scores_do_not_depend_on_the_batch(hidden):
         np.testing.assert_allclose(net.classify(features).numpy(), whole.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_only_small_plain_heads_at_cpu_inference_run_in_float64(monkeypatch):
+    from sktransfer.training import _network
+    from sktransfer.training._network import TransferNet
+
+    net = TransferNet(torch.nn.Identity(), 64, 3, dropout=0.5).eval()
+    features = torch.randn(8, 64)
+    with torch.inference_mode():
+        assert net._exact_head(features)
+        monkeypatch.setattr(_network, "EXACT_HEAD_MAX_PARAMS", 64 * 3 - 1)
+        assert not net._exact_head(features)  # a large head: float32
+    monkeypatch.undo()
+    assert not net._exact_head(features)  # gradients on: training
+    with torch.no_grad():
+        net.dropout.train()  # a head in training mode (HeadOnly.train), gradients off: dropout applies
+        assert not net._exact_head(features)
+        assert not torch.equal(net.classify(features), net.classify(features))
+        net.dropout.eval()
+        net.head = torch.nn.utils.parametrizations.weight_norm(net.head)  # no plain nn.Linear any more
+        assert not net._exact_head(features)
+        assert net.classify(features).dtype == torch.float32
+
+
 def test_class_weight_and_sample_weight(data):
     X, y = data
     kw = dict(max_epochs=2, **FAST)

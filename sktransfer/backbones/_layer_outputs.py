@@ -186,7 +186,7 @@ class CheckedTrace:
         entry = self.entry
         checking = entry.width is None or (not entry.checked_other_size and x.shape[0] != TRACE_BATCH)
         try:
-            # the graph is optimized already: the profiling executor's first runs only cost time
+            # the graph is frozen already: the profiling executor's first runs only cost time
             with torch.jit.optimized_execution(False):
                 if not checking:
                     return module(x)

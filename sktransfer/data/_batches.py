@@ -77,8 +77,9 @@ def prepare_indices(source, indices, spec, device, channels_last=False):
     """The backbone input for ``source[indices]`` (a slice or index array).
 
     Files are decoded one at a time and resized on the CPU, in groups of equal
-    size of at most ``GROUP_BYTES``: a batch of large photographs never sits in
-    memory at full size, and the result does not depend on ``num_workers``.
+    size of at most ``GROUP_BYTES`` of input (a larger image alone): a batch of
+    large photographs never sits in memory at full size, and the result does
+    not depend on ``num_workers``.
     """
     if not source.decodes_files:
         return prepare_batch(source.batch(indices), spec, device, channels_last)

@@ -11,6 +11,11 @@ from torch.nn import functional as F
 
 from ..backbones._pooling import pool
 
+# heads of at most this many weights run in float64 at CPU inference (TransferNet.classify): 32 MiB
+# as float64, converted at each call; 1280 features x 1000 classes are 1.3 million
+EXACT_HEAD_MAX_PARAMS = 2**22
+_PLAIN_HEAD_LAYERS = (nn.Linear, nn.ReLU, nn.Dropout)
+
 
 class TransferNet(nn.Module):
     """A pretrained :class:`~sktransfer.Backbone` with a new head.
@@ -57,15 +62,25 @@ class TransferNet(nn.Module):
         float32 matrix products pick their kernel by the number of rows (a
         sample's scores differed by ~1e-6 between batches of 2 and 20), and a
         prediction must not depend on the batch it came in (scikit-learn's
-        ``check_methods_subset_invariance``). The head is a small share of the
-        network's work.
+        ``check_methods_subset_invariance``). Only plain heads of up to
+        ``EXACT_HEAD_MAX_PARAMS`` weights are run so (the weights are converted
+        at each call); larger or custom heads run in float32.
         """
-        if self.training or torch.is_grad_enabled() or features.device.type != "cpu":
+        if not self._exact_head(features):
             return self.head(self.hidden(self.dropout(features)))
-        x = features.double()
+        x = self.dropout(features).double()
         for module in (*self.hidden, self.head):
-            x = _linear64(x, module) if isinstance(module, nn.Linear) else module(x)
+            x = _linear64(x, module) if type(module) is nn.Linear else module(x)
         return x.float()
+
+    def _exact_head(self, features):
+        """Whether :meth:`classify` runs the head in float64: CPU inference with a plain, small head."""
+        if features.device.type != "cpu" or torch.is_grad_enabled():
+            return False
+        modules = (self.dropout, *self.hidden, self.head)
+        if any(m.training for m in modules) or any(type(m) not in _PLAIN_HEAD_LAYERS for m in modules):
+            return False
+        return sum(m.weight.numel() for m in modules if type(m) is nn.Linear) <= EXACT_HEAD_MAX_PARAMS
 
     def head_modules(self):
         """The modules of the new head, trained at the head's learning rate."""
