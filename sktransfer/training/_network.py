@@ -68,16 +68,20 @@ class TransferNet(nn.Module):
         """
         if not self._exact_head(features):
             return self.head(self.hidden(self.dropout(features)))
-        x = self.dropout(features).double()
-        for module in (*self.hidden, self.head):
+        x = features.double()
+        for module in self._head_layers():
             x = _linear64(x, module) if type(module) is nn.Linear else module(x)
         return x.float()
+
+    def _head_layers(self):
+        """The head's layers in order: dropout, the hidden layers, the last linear layer."""
+        return (self.dropout, *self.hidden, self.head)
 
     def _exact_head(self, features):
         """Whether :meth:`classify` runs the head in float64: CPU inference with a plain, small head."""
         if features.device.type != "cpu" or torch.is_grad_enabled():
             return False
-        modules = (self.dropout, *self.hidden, self.head)
+        modules = self._head_layers()
         if any(m.training for m in modules) or any(type(m) not in _PLAIN_HEAD_LAYERS for m in modules):
             return False
         return sum(m.weight.numel() for m in modules if type(m) is nn.Linear) <= EXACT_HEAD_MAX_PARAMS
