@@ -10,7 +10,11 @@ Part C (partial freezing): the first k stages frozen, no augmentation: sktransfe
 the frozen prefix once, sktransfer running it every step, and skorch with a Freezer. Usage::
 
     python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-equal-epochs] [--skip-skorch]
-        [--skip-prefix]
+        [--skip-prefix] [--seeds 1]
+
+``--seeds N`` repeats part B's fits with seeds 0..N-1 (skorch: ``torch.manual_seed``,
+sktransfer: ``random_state``) and reports the mean: the two libraries draw their head
+initialisation and shuffling from different streams, so one seed compares luck as well.
 """
 
 import argparse
@@ -98,7 +102,7 @@ class LiteNet(torch.nn.Module):
         return self.head(self.backbone.forward_features(x).mean((2, 3)))
 
 
-def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64):
+def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64, seeds=1):
     from skorch import NeuralNetClassifier
     from skorch.callbacks import Freezer
 
@@ -109,10 +113,11 @@ def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64):
         x = torch.tensor(X.reshape(-1, 1, 8, 8) / 16.0, dtype=torch.float32)
         return prepare_batch(x, spec, torch.device("cpu")).numpy()
 
-    rows = []
-    for mode in ("frozen backbone (head only)", "full fine-tuning"):
+    rows, scores = [], {}
+    for mode, seed in [(m, s) for m in ("frozen backbone (head only)", "full fine-tuning") for s in range(seeds)]:
         frozen = mode.startswith("frozen")
-        torch.manual_seed(0)
+        at = f", seed {seed}" if seeds > 1 else ""
+        torch.manual_seed(seed)
         callbacks = [Freezer(lambda name: name.startswith("backbone."))] if frozen else []
         net = NeuralNetClassifier(
             LiteNet, module__n_classes=10, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.AdamW,
@@ -125,20 +130,31 @@ def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64):
 
         (_, t) = timed(skorch_fit)
         acc = float((net.predict(ready(Xte)) == yte).mean())
-        rows.append((f"skorch NeuralNetClassifier, {mode}", acc, t))
+        rows.append((f"skorch NeuralNetClassifier, {mode}{at}", acc, t))
+        scores.setdefault(("skorch NeuralNetClassifier", mode), []).append((acc, t))
         ours = FineTuneClassifier(
             freeze_depth="all" if frozen else 0, max_epochs=epochs, batch_size=batch_size, lr=lr,
             backbone_lr_scale=1.0, lr_schedule="constant", augment=False, dropout=0.0, weight_decay=0.01,
-            image_size=image_size, random_state=0, **SAME_NETWORK,
+            image_size=image_size, random_state=seed, **SAME_NETWORK,
         )
         (_, t) = timed(lambda: ours.fit(Xtr, ytr))
-        rows.append((f"sktransfer FineTuneClassifier, {mode}", ours.score(Xte, yte), t))
+        acc = ours.score(Xte, yte)
+        rows.append((f"sktransfer FineTuneClassifier, {mode}{at}", acc, t))
+        scores.setdefault(("sktransfer FineTuneClassifier", mode), []).append((acc, t))
     print(f"\nSide by side with skorch: digits 70/30, image_size={image_size}, {epochs} epochs, batch {batch_size}, "
           f"AdamW lr={lr} (weight decay 0.01 = AdamW default), constant lr, no augmentation\n")
     print("| run | test accuracy | fit seconds |")
     print("|---|---:|---:|")
     for row in rows:
         print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
+    if seeds > 1:
+        print(f"\nOver the {seeds} seeds (skorch: torch.manual_seed(s); sktransfer: random_state=s)\n")
+        print("| run | mean test accuracy | min - max | mean fit seconds |")
+        print("|---|---:|---:|---:|")
+        for (who, mode), runs in scores.items():
+            accs, times = [a for a, _ in runs], [t for _, t in runs]
+            print(f"| {who}, {mode} | {np.mean(accs):.4f} | {min(accs):.4f} - {max(accs):.4f} | "
+                  f"{np.mean(times):.1f} |")
 
 
 def skorch_equal_epochs(epoch_counts=(2, 10), n_train=600, image_size=64, batch_size=32):
@@ -216,6 +232,8 @@ def main():
     parser.add_argument("--skip-skorch", action="store_true")
     parser.add_argument("--skip-prefix", action="store_true")
     parser.add_argument("--skip-equal-epochs", action="store_true")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="part B: run each fit with seeds 0..N-1 and report their mean")
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     if not args.skip_accuracy:
@@ -224,7 +242,7 @@ def main():
     if not args.skip_equal_epochs:
         skorch_equal_epochs()
     if not args.skip_skorch:
-        skorch_side_by_side(args.epochs)
+        skorch_side_by_side(args.epochs, seeds=args.seeds)
     if not args.skip_prefix:
         prefix_side_by_side(args.epochs)
 

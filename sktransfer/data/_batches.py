@@ -1,12 +1,11 @@
 """Backbone input batches: prepared once when they fit in memory, decoded per batch otherwise.
 
-Files are decoded in DataLoader worker processes.
-
 Arrays need no decoding and are prepared in the main process, a batch at a
-time. Files are decoded, converted and resized one at a time, in the main
-process or in ``torch.utils.data.DataLoader`` workers while the main process
-runs the network on the previous batches; only ``prefetch_factor`` batches per
-worker are in flight, so memory does not grow with the number of files.
+time. Files are decoded one at a time and prepared in groups
+(:func:`prepare_indices`), in the main process or, a whole batch each, in
+``torch.utils.data.DataLoader`` workers while the main process runs the
+network on the previous batches; only ``prefetch_factor`` batches per worker
+are in flight, so memory does not grow with the number of files.
 """
 
 from __future__ import annotations
@@ -69,10 +68,6 @@ def to_device(x, device, channels_last=False):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _prepare_item(source, i, spec):
-    return prepare_batch(source.batch([i], draft_side(spec)), spec, torch.device("cpu"))[0]
-
-
 def prepare_indices(source, indices, spec, device, channels_last=False):
     """The backbone input for ``source[indices]`` (a slice or index array).
 
@@ -90,23 +85,28 @@ def prepare_indices(source, indices, spec, device, channels_last=False):
     return to_device(prepare_images(decoded, spec, torch.device("cpu"), channels_last), device, channels_last)
 
 
-class _PreparedItems(Dataset):
-    def __init__(self, source, spec):
+class _PreparedBatches(Dataset):
+    """Batch ``k`` of ``source`` prepared by :func:`prepare_indices` (what a worker process returns)."""
+
+    def __init__(self, source, spec, batch_size):
         self.source = source
         self.spec = spec
+        self.batch_size = batch_size
 
     def __len__(self):
-        return len(self.source)
+        return -(-len(self.source) // self.batch_size)
 
-    def __getitem__(self, i):
-        return _prepare_item(self.source, i, self.spec)
+    def __getitem__(self, k):
+        start = k * self.batch_size
+        stop = min(start + self.batch_size, len(self.source))
+        return prepare_indices(self.source, slice(start, stop), self.spec, torch.device("cpu"))
 
 
 def prepared_batches(source, spec, batch_size, device, channels_last=False, num_workers=0):
     """Yield ``(start, stop, x)``: the backbone input for ``source[start:stop]``, in order.
 
-    With ``num_workers > 0`` images are decoded and resized in worker processes
-    (the result equals preparing them in the main process, see :func:`prepare_indices`).
+    With ``num_workers > 0`` whole batches are prepared in worker processes by
+    the same :func:`prepare_indices` as in the main process.
     """
     n = len(source)
     if num_workers == 0:
@@ -117,14 +117,13 @@ def prepared_batches(source, spec, batch_size, device, channels_last=False, num_
             yield start, stop, prepare_indices(source, slice(start, stop), spec, device, channels_last)
         return
     loader = DataLoader(
-        _PreparedItems(source, spec), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        _PreparedBatches(source, spec, batch_size), batch_size=None, shuffle=False, num_workers=num_workers,
         pin_memory=device.type == "cuda", prefetch_factor=2,
         generator=torch.Generator(),  # worker seeds must not draw from the global RNG (random_state)
     )
-    start = 0
-    for x in loader:
+    for k, x in enumerate(loader):
+        start = k * batch_size
         yield start, start + len(x), to_device(x, device, channels_last)
-        start += len(x)
 
 
 PREPARED_CACHE_BYTES = 2 * 2**30
