@@ -7,16 +7,19 @@ defaults at 2 and 10 epochs on 600 digits.
 Part B (vs skorch): the same EfficientNet-Lite0 backbone, data, epochs, batch size, optimizer
 and learning rate, with a frozen backbone and with full fine-tuning. sktransfer's weight decay
 acts on the new head only; with full fine-tuning skorch runs twice, with AdamW's decay on every
-parameter (as its users write it) and on the head only (as sktransfer).
+parameter (as its users write it) and on the head only (as sktransfer), and sktransfer also runs
+its own recipe (its defaults: cosine schedule, solved head, augmentation) on the same whole network.
 Part C (partial freezing): the first k stages frozen, no augmentation: sktransfer computing
 the frozen prefix once, sktransfer running it every step, and skorch with a Freezer. Usage::
 
     python benchmarks/finetune.py [--epochs 3] [--skip-accuracy] [--skip-equal-epochs] [--skip-skorch]
-        [--skip-prefix] [--seeds 1]
+        [--skip-prefix] [--seeds 1] [--first-seed 0] [--skip-frozen] [--runs skorch,sktransfer,...]
 
-``--seeds N`` repeats part B's fits with seeds 0..N-1 (skorch: ``torch.manual_seed``,
-sktransfer: ``random_state``) and reports the mean: the two libraries draw their head
-initialisation and shuffling from different streams, so one seed compares luck as well.
+``--seeds N`` repeats part B's fits with seeds ``--first-seed`` .. ``--first-seed`` + N - 1
+(skorch: ``torch.manual_seed``, sktransfer: ``random_state``) and reports the mean: the two
+libraries draw their head initialisation and shuffling from different streams, so one seed
+compares luck as well. ``--skip-frozen`` runs part B's full fine-tuning only, ``--runs`` a subset
+of its runs.
 """
 
 import argparse
@@ -104,7 +107,15 @@ class LiteNet(torch.nn.Module):
         return self.head(self.backbone.forward_features(x).mean((2, 3)))
 
 
-def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64, seeds=1):
+PART_B_RUNS = ("skorch", "skorch-head-decay", "sktransfer", "sktransfer-recipe")
+
+
+def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64, seeds=1, first_seed=0, frozen_too=True,
+                        runs=PART_B_RUNS):
+    """``runs``, with full fine-tuning: skorch as its users write it (AdamW's decay on every
+    parameter), skorch with decay on the head only, sktransfer with skorch's recipe (decay on the
+    head only, its design: the backbone's regulariser is ``reg_lambda``), and sktransfer's own
+    recipe on the same whole network (``layer=None``, every other parameter at its default)."""
     from skorch import NeuralNetClassifier
     from skorch.callbacks import Freezer
 
@@ -115,52 +126,62 @@ def skorch_side_by_side(epochs, batch_size=32, lr=1e-3, image_size=64, seeds=1):
         x = torch.tensor(X.reshape(-1, 1, 8, 8) / 16.0, dtype=torch.float32)
         return prepare_batch(x, spec, torch.device("cpu")).numpy()
 
+    def skorch_run(seed, frozen, options):
+        torch.manual_seed(seed)
+        callbacks = [Freezer(lambda name: name.startswith("backbone."))] if frozen else []
+        net = NeuralNetClassifier(
+            LiteNet, module__n_classes=10, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.AdamW,
+            lr=lr, max_epochs=epochs, batch_size=batch_size, train_split=None, callbacks=callbacks,
+            iterator_train__shuffle=True, verbose=0, **options,
+        )
+        (_, t) = timed(lambda: net.fit(ready(Xtr), ytr.astype(np.int64)))  # preparing tensors is part of its fit
+        return float((net.predict(ready(Xte)) == yte).mean()), t
+
+    def sktransfer_run(**params):
+        ours = FineTuneClassifier(max_epochs=epochs, image_size=image_size, **params)
+        (_, t) = timed(lambda: ours.fit(Xtr, ytr))
+        return ours.score(Xte, yte), t
+
+    same_recipe = dict(batch_size=batch_size, lr=lr, backbone_lr_scale=1.0, lr_schedule="constant", augment=False,
+                       dropout=0.0, weight_decay=0.01, **SAME_NETWORK)
+    candidates = {  # name: (label, runs with a frozen backbone too, fit(seed, frozen) -> (accuracy, seconds))
+        "skorch": ("skorch NeuralNetClassifier", True, lambda seed, frozen: skorch_run(seed, frozen, {})),
+        "skorch-head-decay": (
+            "skorch NeuralNetClassifier, weight decay on the head only (as sktransfer)", False,
+            lambda seed, frozen: skorch_run(
+                seed, frozen, {"optimizer__param_groups": [("backbone.*", {"weight_decay": 0.0})]})),
+        "sktransfer": ("sktransfer FineTuneClassifier", True, lambda seed, frozen: sktransfer_run(
+            freeze_depth="all" if frozen else 0, random_state=seed, **same_recipe)),
+        "sktransfer-recipe": (
+            "sktransfer FineTuneClassifier, its own defaults on the whole network (layer=None)", False,
+            lambda seed, frozen: sktransfer_run(layer=None, random_state=seed)),
+    }
     rows, scores = [], {}
-    for mode, seed in [(m, s) for m in ("frozen backbone (head only)", "full fine-tuning") for s in range(seeds)]:
+    modes = ("frozen backbone (head only)", "full fine-tuning") if frozen_too else ("full fine-tuning",)
+    for mode, seed in [(m, s) for m in modes for s in range(first_seed, first_seed + seeds)]:
         frozen = mode.startswith("frozen")
         at = f", seed {seed}" if seeds > 1 else ""
-        callbacks = [Freezer(lambda name: name.startswith("backbone."))] if frozen else []
-        # sktransfer puts weight decay on the new head only (the backbone's regulariser is reg_lambda);
-        # with full fine-tuning skorch also runs as its users write it: AdamW's decay on every parameter
-        variants = [("", {})] if frozen else [
-            ("", {}), (", weight decay on the head only (as sktransfer)",
-                       {"optimizer__param_groups": [("backbone.*", {"weight_decay": 0.0})]})]
-        for variant, options in variants:
-            torch.manual_seed(seed)
-            net = NeuralNetClassifier(
-                LiteNet, module__n_classes=10, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.AdamW,
-                lr=lr, max_epochs=epochs, batch_size=batch_size, train_split=None, callbacks=callbacks,
-                iterator_train__shuffle=True, verbose=0, **options,
-            )
-
-            def skorch_fit(net=net):
-                net.fit(ready(Xtr), ytr.astype(np.int64))  # preparing the tensors is part of its fit time
-
-            (_, t) = timed(skorch_fit)
-            acc = float((net.predict(ready(Xte)) == yte).mean())
-            rows.append((f"skorch NeuralNetClassifier, {mode}{variant}{at}", acc, t))
-            scores.setdefault((f"skorch NeuralNetClassifier{variant}", mode), []).append((acc, t))
-        ours = FineTuneClassifier(
-            freeze_depth="all" if frozen else 0, max_epochs=epochs, batch_size=batch_size, lr=lr,
-            backbone_lr_scale=1.0, lr_schedule="constant", augment=False, dropout=0.0, weight_decay=0.01,
-            image_size=image_size, random_state=seed, **SAME_NETWORK,
-        )
-        (_, t) = timed(lambda: ours.fit(Xtr, ytr))
-        acc = ours.score(Xte, yte)
-        rows.append((f"sktransfer FineTuneClassifier, {mode}{at}", acc, t))
-        scores.setdefault(("sktransfer FineTuneClassifier", mode), []).append((acc, t))
+        for name in runs:
+            label, with_frozen, fit = candidates[name]
+            if frozen and not with_frozen:
+                continue
+            acc, t = fit(seed, frozen)
+            rows.append((f"{label}, {mode}{at}", acc, t))
+            scores.setdefault((label, mode), []).append((acc, t))
     print(f"\nSide by side with skorch: digits 70/30, image_size={image_size}, {epochs} epochs, batch {batch_size}, "
-          f"AdamW lr={lr} (weight decay 0.01 = AdamW default), constant lr, no augmentation\n")
+          f"AdamW lr={lr} (weight decay 0.01 = AdamW default), constant lr, no augmentation (sktransfer's own "
+          "recipe: its defaults)\n")
     print("| run | test accuracy | fit seconds |")
     print("|---|---:|---:|")
     for row in rows:
         print(f"| {row[0]} | {row[1]:.4f} | {row[2]:.1f} |")
     if seeds > 1:
-        print(f"\nOver the {seeds} seeds (skorch: torch.manual_seed(s); sktransfer: random_state=s)\n")
+        print(f"\nOver the {seeds} seeds {first_seed}-{first_seed + seeds - 1} "
+              "(skorch: torch.manual_seed(s); sktransfer: random_state=s)\n")
         print("| run | mean test accuracy | min - max | mean fit seconds |")
         print("|---|---:|---:|---:|")
-        for (who, mode), runs in scores.items():
-            accs, times = [a for a, _ in runs], [t for _, t in runs]
+        for (who, mode), fits in scores.items():
+            accs, times = [a for a, _ in fits], [t for _, t in fits]
             print(f"| {who}, {mode} | {np.mean(accs):.4f} | {min(accs):.4f} - {max(accs):.4f} | "
                   f"{np.mean(times):.1f} |")
 
@@ -241,7 +262,11 @@ def main():
     parser.add_argument("--skip-prefix", action="store_true")
     parser.add_argument("--skip-equal-epochs", action="store_true")
     parser.add_argument("--seeds", type=int, default=1,
-                        help="part B: run each fit with seeds 0..N-1 and report their mean")
+                        help="part B: run each fit with N seeds from --first-seed and report their mean")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--skip-frozen", action="store_true", help="part B: full fine-tuning only")
+    parser.add_argument("--runs", default=",".join(PART_B_RUNS),
+                        help=f"part B: a comma-separated subset of {','.join(PART_B_RUNS)}")
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     if not args.skip_accuracy:
@@ -250,7 +275,8 @@ def main():
     if not args.skip_equal_epochs:
         skorch_equal_epochs()
     if not args.skip_skorch:
-        skorch_side_by_side(args.epochs, seeds=args.seeds)
+        skorch_side_by_side(args.epochs, seeds=args.seeds, first_seed=args.first_seed,
+                            frozen_too=not args.skip_frozen, runs=args.runs.split(","))
     if not args.skip_prefix:
         prefix_side_by_side(args.epochs)
 

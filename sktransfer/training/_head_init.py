@@ -26,14 +26,25 @@ from .._inference import precompute
 HEAD_INITS = ("solve", "random")
 C = 1.0
 RIDGE_ALPHA = 1.0
+#: spreads below this fraction of the features' RMS spread are raised to it (see :func:`standardise`)
+SCALE_FLOOR = 0.1
 
 
 def standardise(features):
-    """``(Z, mean, scale)`` with ``Z = (features - mean) / scale`` (float64)."""
+    """``(Z, mean, scale)`` with ``Z = (features - mean) / scale`` (float64).
+
+    A feature whose spread on the training images is below ``SCALE_FLOOR`` times
+    the features' root-mean-square spread is divided by that floor, not by its
+    own spread: a unit that is all but dead after its activation (1e-8 on a
+    few images) would otherwise be blown up to unit variance, and the head,
+    whose weights carry ``1 / scale``, would turn the unit's first real
+    activation in training into logits in the thousands (Lite0's last map at
+    64 px: 453 of 1280 such units; docs/benchmarks.md).
+    """
     x = features.double()
     mean = x.mean(0)
     scale = x.std(0, unbiased=False)
-    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
+    scale = scale.clamp(min=max(SCALE_FLOOR * float(scale.square().mean().sqrt()), 1e-12))
     return (x - mean) / scale, mean, scale
 
 
