@@ -281,8 +281,10 @@ def test_augmented_batches_train_in_channels_last(data, augment, monkeypatch):
             formats.append(x.is_contiguous(memory_format=torch.channels_last))
         return conv(self, x)
 
+    def user(batch):  # a user's augmentation, returning torch's default layout
+        return batch.flip(-1).contiguous()
+
     monkeypatch.setattr(torch.nn.Conv2d, "forward", recording)
-    user = lambda batch: batch.flip(-1).contiguous()  # noqa: E731
     FineTuneClassifier(max_epochs=1, augment=user if augment == "user" else augment, **FAST).fit(X, y)
     assert formats and all(formats)
 
