@@ -19,7 +19,7 @@ Training sets of n <= ``--repeat-max-n`` images are averaged over ``--repeats`` 
 the faces, whose test set has 80 images, one split decides rows by one or two images. Usage::
 
     python benchmarks/few_shot.py [--sets digits photo_crops faces] [--sizes 32 64]
-        [--repeats 3] [--test-splits 1] [--figure docs/figures/few_shot.png]
+        [--repeats 3] [--test-splits 1] [--min-n 0] [--figure docs/figures/few_shot.png]
 """
 
 import argparse
@@ -80,7 +80,7 @@ def skorch_fit_score(Xtr, ytr, Xte, yte, size, n_classes, epochs=10):
     return float((net.predict(ready(Xte)) == yte).mean())
 
 
-def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0):
+def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0, min_n=0):
     X, y = SETS[name]()
     Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=split)
     flat = lambda a: as_unit(a).reshape(len(a), -1)  # noqa: E731
@@ -89,7 +89,7 @@ def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0
         ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
         embeddings[label] = (ext.transform(Xp), ext.transform(Xt), ext.layers_[0][0])
     rows = []
-    for n in SIZES[name]:
+    for n in [n for n in SIZES[name] if n is None or n >= min_n]:
         idxs = draws(yp, n, repeats, repeat_max_n)
         row = {"n": len(idxs[0]), "draws": len(idxs)}
         row["raw pixels + LR"] = np.mean([
@@ -189,6 +189,7 @@ def main():
     parser.add_argument("--repeat-max-n", type=int, default=100, help="average draws up to this n")
     parser.add_argument("--skorch-max-n", type=int, default=200)
     parser.add_argument("--hidden-max-n", type=int, default=100, help="head_hidden=(1024,) up to this n")
+    parser.add_argument("--min-n", type=int, default=0, help="only the rows of n >= this (and the whole pool)")
     parser.add_argument("--test-splits", type=int, default=1, help="average over this many test sets")
     parser.add_argument("--figure", default=None)
     args = parser.parse_args()
@@ -197,7 +198,7 @@ def main():
     for name in args.sets:
         for size in args.sizes:
             splits = [curve(name, size, args.repeats, args.repeat_max_n, args.skorch_max_n, args.hidden_max_n,
-                            split) for split in range(args.test_splits)]
+                            split, args.min_n) for split in range(args.test_splits)]
             rows, auto_layer, n_test = mean_over_splits(splits)
             table(name, size, rows, auto_layer, n_test)
             results[(name, size)] = rows

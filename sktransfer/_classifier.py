@@ -110,7 +110,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         dropout=0.2,
         pooling="avg",
         layer="auto",
-        head_init="solve",
+        head_init="auto",
         head_hidden=None,
         min_steps="auto",
         bn_stats="auto",

@@ -1,7 +1,8 @@
 """Loading what earlier versions wrote: parameters they lacked, and modules that moved.
 
 * Estimators pickled or saved before a parameter existed get the value that
-  reproduces their behaviour (``EARLIER_BEHAVIOUR``, ``EARLIER_FITTED``).
+  reproduces their behaviour (``EARLIER_BEHAVIOUR``, ``EARLIER_FITTED``), through
+  the fine-tuning estimators' ``__setstate__`` (``EarlierStateMixin``).
 * Pickles name classes by module. 0.1 kept every module at the top of the
   package (``sktransfer._network.TransferNet``...); 0.2 moved them into
   subpackages. ``install_module_aliases`` (run by ``import sktransfer``) maps
@@ -44,10 +45,19 @@ def earlier_finetune_state(state):
             state.setdefault("probe_net_", None)
         for name, value in EARLIER_FITTED.items():
             state.setdefault(name, value)
+        state.setdefault("head_init_", state["head_init"])  # before "auto", the setting itself
         if "backbone_lr_scale_" not in state:
             scale = state.get("backbone_lr_scale", 1.0)
             state["backbone_lr_scale_"] = 1.0 if isinstance(scale, str) else float(scale)
     return state
+
+
+class EarlierStateMixin:
+    """Unpickling (and loading) completes the state of an estimator written before a parameter
+    existed, so that it keeps the behaviour it was fitted with (:func:`earlier_finetune_state`)."""
+
+    def __setstate__(self, state):
+        super().__setstate__(earlier_finetune_state(state))
 
 
 def install_module_aliases(package="sktransfer"):

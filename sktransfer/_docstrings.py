@@ -61,7 +61,7 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         64 px, ``"stage3"`` at 32 px), which measured better there and runs
         only the kept stages. ``layer_`` tells what was chosen; ``freeze_depth``
         counts the stages that are kept.
-    head_init : {"solve", "random"}, default="solve"
+    head_init : {"auto", "solve", "zeros", "random"}, default="auto"
         ``"solve"``: before training, the new head is set to a linear model
         solved on the frozen pretrained features of the training images
         (L2-penalised logistic regression for the classifier, ridge for the
@@ -70,7 +70,18 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         Features that barely vary on the training images (units all but dead
         after their activation) are divided by a tenth of the features' RMS
         spread instead of being stretched to unit variance.
-        ``"random"``: PyTorch's default initialisation.
+        ``"zeros"``: the last layer's weight and bias are zero (Big
+        Transfer's head): the first steps train the head alone, and the
+        backbone then follows a head that has learned something.
+        ``"random"``: PyTorch's default initialisation. ``"auto"``:
+        ``"solve"`` when training computes the features the head is solved
+        on (``bn_stats_="pretrained"``, the few-image default, or the whole
+        backbone frozen) or a probe ensemble needs it, else ``"zeros"``
+        (``head_init_`` tells which). Training with batch statistics
+        (``bn_stats_="update"``) changes the features under a solved head
+        from its first step; there the zero head measured better
+        (docs/benchmarks.md, "The head's start when BatchNorm statistics
+        update").
     head_hidden : int, sequence of int or None, default=None
         Hidden layers in the new head: ``(1024,)`` makes it Linear(1024) ->
         ReLU -> Dropout -> Linear, as in the classic "Flatten -> Dense(1024)
@@ -177,6 +188,8 @@ FITTED_ATTRIBUTES = """    n_epochs_ : int
         whole backbone (see ``layer``).
     bn_stats_ : {"pretrained", "update"}
         The BatchNorm setting used in training (see ``bn_stats``).
+    head_init_ : {"solve", "zeros", "random"}
+        How the head started (see ``head_init``).
     backbone_lr_scale_ : float
         The backbone learning-rate scale used in training (see ``backbone_lr_scale``).
     pixel_range_ : tuple of float
@@ -263,10 +276,11 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         in 10, lower in 4 (by at most 0.005), +0.005 on average
         (docs/benchmarks.md). It doubles the cost of predicting, not of
         training. ``"auto"``: on with few images
-        (fewer than 10 batches of training rows) when ``head_init="solve"``,
-        no ``adaptation`` (the probe never sees the target domain) and no
-        ``teacher`` (a student is meant to be cheap). ``True`` needs
-        ``head_init="solve"``. Training that goes on from a fitted network
+        (fewer than 10 batches of training rows) when the head is solved
+        (``head_init_="solve"``), no ``adaptation`` (the probe never sees
+        the target domain) and no ``teacher`` (a student is meant to be
+        cheap). ``True`` solves the head (not with ``head_init="zeros"`` or
+        ``"random"``). Training that goes on from a fitted network
         (``warm_start``, ``partial_fit`` after ``fit``) keeps that fit's
         probe (``probe_ensemble=False`` drops it); ``partial_fit`` from
         scratch keeps none. Early stopping and ``history_`` judge the

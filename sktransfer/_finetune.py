@@ -19,7 +19,7 @@ from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from torch import nn
 
-from ._compat import earlier_finetune_state
+from ._compat import EarlierStateMixin
 from ._device import cpu_copy, cpu_state, resolve_device
 from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
@@ -43,7 +43,7 @@ from .training._freezing import (
     resolve_bn_stats,
 )
 from .training._fusion import interpolate
-from .training._head_init import HEAD_INITS, solve_head
+from .training._head_init import HEAD_INITS, resolve_head_init, start_head
 from .training._network import TransferNet, hidden_sizes
 from .training._optim import OPTIMIZERS, SCHEDULES
 from .training._penalties import REGULARIZATIONS, WeightPenalty
@@ -96,7 +96,7 @@ FINETUNE_CONSTRAINTS = {
 }
 
 
-class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator, register=False):
+class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):
     """Fine-tuning shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
     _parameter_constraints: dict = FINETUNE_CONSTRAINTS
@@ -243,8 +243,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
             self._start_point(None)
             if first:
                 self._resolve_few_image_settings(len(everything))
-                if self.head_init == "solve":  # the head starts as a linear model solved on frozen features
-                    solve_head(self.net_, data, labelled, y_enc, w, device, self.batch_size, self._solved_head)
+                start_head(self.head_init_, self.net_, data, labelled, y_enc, w, device, self.batch_size,
+                           self._solved_head)
             trainer = self._trainer(data, y_enc, w, rng, device, augment=resolve_augment(self.augment))
             if getattr(self, "_partial_optimizer", None) is None:
                 trainer.freeze(self.n_frozen_stages_)
@@ -300,8 +300,10 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         return [lambda net: WeightPenalty(net, self.reg_lambda, self.regularization, anchor), *adaptation]
 
     def _resolve_few_image_settings(self, n_train):
-        """``bn_stats_`` and ``backbone_lr_scale_`` for a training set of ``n_train`` images."""
+        """``bn_stats_``, ``head_init_`` and ``backbone_lr_scale_`` for a training set of ``n_train`` images."""
         self.bn_stats_ = resolve_bn_stats(self.bn_stats, n_train, self.batch_size)
+        all_frozen = self.n_frozen_stages_ == len(self.net_.backbone.stages)
+        self.head_init_ = resolve_head_init(self.head_init, self.bn_stats_, all_frozen)
         self.backbone_lr_scale_ = resolve_backbone_lr_scale(
             self.backbone_lr_scale, n_train, self.batch_size, self.preprocessing_.image_size,
             getattr(self, "_native_size", None))
@@ -322,8 +324,9 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         train_idx = self._distill_rows(labelled_idx, target_idx)  # with a teacher, the unlabelled rows too
         data = self._prepared(source, device)
         self._resolve_few_image_settings(len(train_idx))
-        if init_head and self.head_init == "solve":
-            solve_head(self.net_, data, labelled_idx, y_enc, w, device, self.batch_size, self._solved_head)
+        if init_head:  # the new head's start: solved, zero or as built (head_init_)
+            start_head(self.head_init_, self.net_, data, labelled_idx, y_enc, w, device, self.batch_size,
+                       self._solved_head)
         self._start_point(len(train_idx) if init_head else None)
         target_batches = self._target_batches(target_idx)
         trainer = self._trainer(data, y_enc, w, rng, device, resolve_augment(self.augment), len(target_batches))
@@ -382,10 +385,6 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, BaseEstimator,
         # CUDA kernels are not bitwise repeatable; CPU fits are
         tags.non_deterministic = torch.cuda.is_available() and self.device != "cpu"
         return tags
-
-    def __setstate__(self, state):
-        # estimators pickled or saved before a parameter existed keep the behaviour they were fitted with
-        super().__setstate__(earlier_finetune_state(state))
 
     def __getstate__(self):
         state = cpu_state(super().__getstate__(), ["net_", "probe_net_"])

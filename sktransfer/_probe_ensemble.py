@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from ._device import module_device
-from .training._freezing import few_images
+from .training._freezing import few_images, resolve_bn_stats
 from .training._fusion import average_modules
+from .training._head_init import resolve_head_init
 
 
 class ProbeAverage(nn.Module):
@@ -62,16 +63,22 @@ class ProbeEnsembleMixin:
         chosen = self._probe_ensemble_set()
         if chosen is not None:
             return chosen
+        head_init = resolve_head_init(self.head_init, resolve_bn_stats(self.bn_stats, n_train, self.batch_size))
         # the probe never sees the target domain or the teacher, and a student is meant to be cheap
-        return (few_images(n_train, self.batch_size) and self.head_init == "solve"
+        return (few_images(n_train, self.batch_size) and head_init == "solve"
                 and self.adaptation is None and self._teacher() is None)
 
+    def _resolve_few_image_settings(self, n_train):
+        super()._resolve_few_image_settings(n_train)
+        if self._probe_ensemble_set() and self.head_init == "auto":
+            self.head_init_ = "solve"  # the probe asked for is the network with the solved head
+
     def _check_probe_ensemble(self):
-        if self._probe_ensemble_set() and self.head_init != "solve":
+        if self._probe_ensemble_set() and self.head_init not in ("auto", "solve"):
             raise ValueError(
                 "probe_ensemble=True averages the fine-tuned network with the linear probe it started "
-                f"from, which needs head_init='solve' (got head_init={self.head_init!r}). Set "
-                "head_init='solve' or probe_ensemble=False."
+                "from, which needs the solved head: head_init='solve' or 'auto' "
+                f"(got head_init={self.head_init!r}). Set head_init='auto' or probe_ensemble=False."
             )
 
     def _start_point(self, n_train):

@@ -99,7 +99,7 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         dropout=0.0,
         pooling="avg",
         layer="auto",
-        head_init="solve",
+        head_init="auto",
         head_hidden=None,
         min_steps="auto",
         bn_stats="auto",

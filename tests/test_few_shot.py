@@ -225,7 +225,7 @@ def test_layer_and_freeze_depth_count_the_kept_stages(digits):
 @pytest.mark.parametrize("params, match", [
     (dict(min_steps=-1), r"'min_steps' parameter of \w+ must be"),
     (dict(min_steps=2.5), r"'min_steps' parameter of \w+ must be"),
-    (dict(head_init="zeros"), r"'head_init' parameter of \w+ must be"),
+    (dict(head_init="ones"), r"'head_init' parameter of \w+ must be"),
     (dict(layer="blocks.2"), "'layer' parameter of FineTuneClassifier must be"),
     (dict(layer=["stage2"]), "'layer' parameter of FineTuneClassifier must be"),
     (dict(backbone_lr_scale="fast"), r"'backbone_lr_scale' parameter of \w+ must be"),
@@ -271,7 +271,8 @@ def test_estimators_from_before_the_new_parameters_keep_their_behaviour(digits):
                              max_epochs=1, random_state=0).fit(X[:20], y[:20])
     state = clf.__getstate__()
     state["backbone_lr_scale"] = 1.0  # the default then
-    for name in ("layer", "head_init", "min_steps", "bn_stats", "layer_", "bn_stats_", "backbone_lr_scale_"):
+    for name in ("layer", "head_init", "min_steps", "bn_stats", "layer_", "bn_stats_", "head_init_",
+                 "backbone_lr_scale_"):
         del state[name]
     old = FineTuneClassifier.__new__(FineTuneClassifier)
     old.__setstate__(state)
@@ -279,6 +280,7 @@ def test_estimators_from_before_the_new_parameters_keep_their_behaviour(digits):
     assert (params["layer"], params["head_init"], params["min_steps"], params["bn_stats"]) == \
         (None, "random", 0, "update")
     assert old.layer_ == "embedding" and old.bn_stats_ == "update" and old.backbone_lr_scale_ == 1.0
+    assert old.head_init_ == "random"
     np.testing.assert_array_equal(old.predict_proba(X[20:30]), clf.predict_proba(X[20:30]))
     old.partial_fit(X[:20], y[:20])  # continues as it was trained
     assert len(old.history_) == 2
@@ -306,6 +308,48 @@ def test_backbone_rate_auto_follows_the_image_size_with_few_images(digits):
     assert clf.set_params(image_size=64).fit(X[:30], y[:30]).backbone_lr_scale_ == 0.3
     assert clf.set_params(image_size=32).fit(X[:30], y[:30]).backbone_lr_scale_ == 1.0
     assert clf.set_params(backbone_lr_scale=0.5).fit(X[:30], y[:30]).backbone_lr_scale_ == 0.5
+
+
+@pytest.mark.parametrize("estimator, n, params, expected", [
+    (FineTuneClassifier, 60, {}, "solve"),  # 8 batches: pretrained statistics
+    (FineTuneClassifier, 90, {}, "zeros"),  # 12 batches: batch statistics
+    (FineTuneRegressor, 90, {}, "zeros"),
+    (FineTuneClassifier, 90, {"bn_stats": "pretrained"}, "solve"),
+    (FineTuneClassifier, 90, {"freeze_depth": "all"}, "solve"),
+    (FineTuneClassifier, 90, {"probe_ensemble": True}, "solve"),
+    (FineTuneClassifier, 90, {"head_init": "solve"}, "solve"),
+    (FineTuneClassifier, 60, {"head_init": "zeros"}, "zeros"),
+    (FineTuneClassifier, 60, {"head_init": "random"}, "random"),
+])
+def test_head_init_auto_solves_the_head_only_for_features_training_keeps(
+        digits, monkeypatch, estimator, n, params, expected):
+    """A head solved on features under the pretrained BatchNorm statistics is no start for training
+    that normalises with batch statistics: "auto" solves it only where training keeps those features,
+    and otherwise starts from a zero head."""
+    import sktransfer.training._head_init as head_init
+
+    starts = []  # (how, the head's weight right after)
+    for name in ("solve_head", "zero_head"):
+        real = getattr(head_init, name)
+
+        def recorded(*args, real=real, name=name):
+            real(*args)
+            head = args[0].head if name == "solve_head" else args[0]
+            starts.append((name, head.weight.detach().cpu().clone()))
+
+        monkeypatch.setattr(head_init, name, recorded)
+    _, X, y = digits
+    model = estimator(image_size=32, batch_size=8, max_epochs=1, min_steps=0, random_state=0, **params)
+    model.fit(X[:n], y[:n])
+    assert model.head_init_ == expected
+    assert [how for how, _ in starts] == {"solve": ["solve_head"], "zeros": ["zero_head"], "random": []}[expected]
+    if expected == "zeros":
+        assert not starts[0][1].any() and model.net_.head.weight.abs().max() > 0  # started at zero, then trained
+    if expected == "solve":
+        assert starts[0][1].abs().max() > 0
+    if params.get("probe_ensemble"):
+        assert model.bn_stats_ == "update"
+        torch.testing.assert_close(model.probe_net_.head.weight, starts[0][1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("n, batch_size, expected", [(319, 32, "pretrained"), (320, 32, "update"),

@@ -69,8 +69,9 @@ def test_auto_is_off_for_a_distillation_student(digits, pair):
 
 def test_probe_ensemble_true_needs_a_solved_head(digits):
     _, X, y = digits
-    with pytest.raises(ValueError, match="probe_ensemble=True .* head_init='solve'"):
-        _fit(X[:40], y[:40], probe_ensemble=True, head_init="random")
+    for head_init in ("random", "zeros"):
+        with pytest.raises(ValueError, match=f"probe_ensemble=True .* head_init='solve'.*got head_init='{head_init}'"):
+            _fit(X[:40], y[:40], probe_ensemble=True, head_init=head_init)
     with pytest.raises(ValueError, match="probe_ensemble"):
         _fit(X[:40], y[:40], probe_ensemble="yes")
 

@@ -14,6 +14,17 @@ images, standardised:
 
 The standardisation is folded into the head's weight and bias, so the network
 computes the same function as ``model.predict(scaler.transform(features))``.
+
+The solved head fits the features as the pretrained network computes them, with
+BatchNorm on its running statistics. Training that normalises with batch
+statistics instead (``bn_stats_="update"``) computes other features from its
+first step: on 1257 digits at 64 px the solved head's loss on training batches
+was 7-27 against 2.3 for a head that knows nothing, at every layer. So
+``head_init="auto"`` solves the head only when training keeps the features it
+was solved on, and otherwise starts from a zero head (:func:`resolve_head_init`):
+its first steps train the head alone (a zero head passes no gradient to the
+features) and the backbone then follows a head that has learned something, the
+head of Big Transfer (Kolesnikov et al., 2020).
 """
 
 from __future__ import annotations
@@ -23,11 +34,36 @@ import torch.nn.functional as F
 
 from .._inference import precompute
 
-HEAD_INITS = ("solve", "random")
+HEAD_INITS = ("auto", "solve", "zeros", "random")
 C = 1.0
 RIDGE_ALPHA = 1.0
 #: spreads below this fraction of the features' RMS spread are raised to it (see :func:`standardise`)
 SCALE_FLOOR = 0.1
+
+
+def resolve_head_init(head_init, bn_stats, all_frozen=False):
+    """``"auto"`` -> ``"solve"`` when training computes the features the head is solved on (the
+    BatchNorm layers keep their pretrained statistics, ``bn_stats="pretrained"``, or the whole
+    backbone is frozen), else ``"zeros"``. (A classifier's probe ensemble solves it too.)"""
+    if head_init != "auto":
+        return head_init
+    return "solve" if bn_stats == "pretrained" or all_frozen else "zeros"
+
+
+def start_head(how, net, data, train_idx, y_enc, w, device, batch_size, solver):
+    """Start ``net``'s head as ``how`` (a resolved ``head_init``) says: ``"solve"``
+    (:func:`solve_head`), ``"zeros"`` (:func:`zero_head`) or ``"random"`` (as built)."""
+    if how == "solve":
+        solve_head(net, data, train_idx, y_enc, w, device, batch_size, solver)
+    elif how == "zeros":
+        zero_head(net.head)
+
+
+def zero_head(head):
+    """Set the last linear layer's weight and bias to zero (the hidden layers keep theirs)."""
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
 
 
 def standardise(features):
