@@ -85,9 +85,10 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     head_hidden : int, sequence of int or None, default=None
         Hidden layers in the new head: ``(1024,)`` makes it Linear(1024) ->
         ReLU -> Dropout -> Linear, as in the classic "Flatten -> Dense(1024)
-        -> softmax" recipe. With ``head_init="solve"`` the hidden layers keep
-        their random initialisation (fed standardised features) and the last
-        layer is solved on their activations. ``None``: one linear layer,
+        -> softmax" recipe. When the head is solved (``head_init_``) the
+        hidden layers keep their random initialisation (fed standardised
+        features) and the last layer is solved on their activations;
+        ``"zeros"`` sets the last layer only. ``None``: one linear layer,
         which measured as well or better with few images (docs/benchmarks.md).
     min_steps : int or "auto", default="auto"
         Train for at least this many optimizer steps: ``max(max_epochs,

@@ -242,7 +242,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
             everything = self._distill_rows(labelled, unlabelled)
             self._start_point(None)
             if first:
-                self._resolve_few_image_settings(len(everything))
+                self._resolve_few_image_settings(len(everything), start=True)
                 start_head(self.head_init_, self.net_, data, labelled, y_enc, w, device, self.batch_size,
                            self._solved_head)
             trainer = self._trainer(data, y_enc, w, rng, device, augment=resolve_augment(self.augment))
@@ -299,11 +299,13 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         anchor = self._anchor_state() if self._uses_l2sp() else None
         return [lambda net: WeightPenalty(net, self.reg_lambda, self.regularization, anchor), *adaptation]
 
-    def _resolve_few_image_settings(self, n_train):
-        """``bn_stats_``, ``head_init_`` and ``backbone_lr_scale_`` for a training set of ``n_train`` images."""
+    def _resolve_few_image_settings(self, n_train, start):
+        """``bn_stats_``, ``backbone_lr_scale_`` and, for a fit from the pretrained network (``start``),
+        ``head_init_``, for a training set of ``n_train`` images."""
         self.bn_stats_ = resolve_bn_stats(self.bn_stats, n_train, self.batch_size)
-        all_frozen = self.n_frozen_stages_ == len(self.net_.backbone.stages)
-        self.head_init_ = resolve_head_init(self.head_init, self.bn_stats_, all_frozen)
+        if start:  # training that goes on keeps the head_init_ of the fit that started it
+            all_frozen = self.n_frozen_stages_ == len(self.net_.backbone.stages)
+            self.head_init_ = resolve_head_init(self.head_init, self.bn_stats_, all_frozen)
         self.backbone_lr_scale_ = resolve_backbone_lr_scale(
             self.backbone_lr_scale, n_train, self.batch_size, self.preprocessing_.image_size,
             getattr(self, "_native_size", None))
@@ -323,7 +325,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         labelled_idx, valid_idx, target_idx = self._fit_rows(y_enc, rng, resume)
         train_idx = self._distill_rows(labelled_idx, target_idx)  # with a teacher, the unlabelled rows too
         data = self._prepared(source, device)
-        self._resolve_few_image_settings(len(train_idx))
+        self._resolve_few_image_settings(len(train_idx), start=init_head)
         if init_head:  # the new head's start: solved, zero or as built (head_init_)
             start_head(self.head_init_, self.net_, data, labelled_idx, y_enc, w, device, self.batch_size,
                        self._solved_head)

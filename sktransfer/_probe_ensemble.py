@@ -1,7 +1,7 @@
 """The probe ensemble: a few-image classifier predicts with its starting point too.
 
 Fine-tuning on a few images starts from a linear probe (the pretrained
-backbone with the head solved on its frozen features, ``head_init="solve"``)
+backbone with the head solved on its frozen features, ``head_init_="solve"``)
 and moves away from it in a direction the few images barely determine: runs
 that differ only in their random stream scored from 0.91 to 1.00 on the same
 faces (``docs/benchmarks.md``). Averaging the class probabilities of the
@@ -63,14 +63,16 @@ class ProbeEnsembleMixin:
         chosen = self._probe_ensemble_set()
         if chosen is not None:
             return chosen
-        head_init = resolve_head_init(self.head_init, resolve_bn_stats(self.bn_stats, n_train, self.batch_size))
+        # a fit resolves head_init_ before it keeps its start point; unfitted, the same rule from the parameters
+        head_init = getattr(self, "head_init_", None) or resolve_head_init(
+            self.head_init, resolve_bn_stats(self.bn_stats, n_train, self.batch_size))
         # the probe never sees the target domain or the teacher, and a student is meant to be cheap
         return (few_images(n_train, self.batch_size) and head_init == "solve"
                 and self.adaptation is None and self._teacher() is None)
 
-    def _resolve_few_image_settings(self, n_train):
-        super()._resolve_few_image_settings(n_train)
-        if self._probe_ensemble_set() and self.head_init == "auto":
+    def _resolve_few_image_settings(self, n_train, start):
+        super()._resolve_few_image_settings(n_train, start)
+        if start and self._probe_ensemble_set() and self.head_init == "auto":
             self.head_init_ = "solve"  # the probe asked for is the network with the solved head
 
     def _check_probe_ensemble(self):

@@ -314,6 +314,7 @@ def test_backbone_rate_auto_follows_the_image_size_with_few_images(digits):
     (FineTuneClassifier, 60, {}, "solve"),  # 8 batches: pretrained statistics
     (FineTuneClassifier, 90, {}, "zeros"),  # 12 batches: batch statistics
     (FineTuneRegressor, 90, {}, "zeros"),
+    (FineTuneRegressor, 60, {}, "solve"),
     (FineTuneClassifier, 90, {"bn_stats": "pretrained"}, "solve"),
     (FineTuneClassifier, 90, {"freeze_depth": "all"}, "solve"),
     (FineTuneClassifier, 90, {"probe_ensemble": True}, "solve"),
@@ -350,6 +351,39 @@ def test_head_init_auto_solves_the_head_only_for_features_training_keeps(
     if params.get("probe_ensemble"):
         assert model.bn_stats_ == "update"
         torch.testing.assert_close(model.probe_net_.head.weight, starts[0][1], rtol=0, atol=0)
+
+
+def test_head_init_is_that_of_the_fit_that_started_the_head(digits):
+    """Training that goes on (warm_start) does not restart the head, so head_init_ stays."""
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, batch_size=8, max_epochs=1, min_steps=0, random_state=0)
+    assert clf.fit(X[:60], y[:60]).head_init_ == "solve"
+    clf.set_params(warm_start=True).fit(X[:90], y[:90])  # 12 batches: a fresh fit would start from zero
+    assert clf.bn_stats_ == "update" and clf.head_init_ == "solve"
+    assert clf.set_params(warm_start=False).fit(X[:90], y[:90]).head_init_ == "zeros"
+
+
+def test_frozen_backbone_with_batch_statistics_keeps_the_probe(digits):
+    """With every stage frozen the solved head sees the features it was solved on, so "auto" keeps the
+    probe ensemble with few images even when bn_stats="update"."""
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, freeze_depth="all", bn_stats="update", max_epochs=1, min_steps=0,
+                             random_state=0).fit(X[:40], y[:40])
+    assert clf.head_init_ == "solve" and clf.probe_net_ is not None
+    clf.set_params(freeze_depth=0).fit(X[:40], y[:40])
+    assert clf.head_init_ == "zeros" and clf.probe_net_ is None
+
+
+def test_estimators_from_before_head_init_auto_keep_their_start(digits):
+    """A 0.2 pickle or file has head_init ("solve" then the default) but no head_init_."""
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, head_init="solve", max_epochs=1, random_state=0).fit(X[:20], y[:20])
+    state = clf.__getstate__()
+    del state["head_init_"]
+    old = FineTuneClassifier.__new__(FineTuneClassifier)
+    old.__setstate__(state)
+    assert old.head_init_ == "solve" and old.get_params()["head_init"] == "solve"
+    assert pickle.loads(pickle.dumps(clf)).head_init_ == "solve"
 
 
 @pytest.mark.parametrize("n, batch_size, expected", [(319, 32, "pretrained"), (320, 32, "update"),
