@@ -4,8 +4,8 @@
 ``h`` in ``"solve"`` (a logistic regression solved on the frozen features, computed with the
 pretrained statistics), ``"zeros"`` and ``"random"`` (PyTorch's initialisation); ``"auto"``
 picks ``"zeros"`` in these cells. Each cell is an image set of ``_datasets.py`` at one size,
-with ``n`` training images (the whole pool when omitted) drawn once, stratified, from the
-pool of ``few_shot.py``'s split 0, and that split's held-out test images. Means over
+with ``n`` training images (the whole pool when omitted): ``few_shot.py``'s first draw from the
+pool of its split 0 (``draws``), and that split's held-out test images. Means over
 ``--seeds`` seeds (shuffling, augmentation, dropout; and the random head's draw). Usage::
 
     python benchmarks/head_start.py [--seeds 3] [--cells photo_crops:32:500 digits:64]
@@ -17,7 +17,7 @@ import time
 import numpy as np
 from _common import machine
 from _datasets import SETS
-from few_shot import TEST
+from few_shot import TEST, draws
 from sklearn.model_selection import train_test_split
 
 from sktransfer import FineTuneClassifier
@@ -30,9 +30,8 @@ def cell_data(spec):
     name, size, *n = spec.split(":")
     X, y = SETS[name]()
     Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=0)
-    if n:
-        Xp, _, yp, _ = train_test_split(Xp, yp, train_size=int(n[0]), stratify=yp, random_state=0)
-    return name, int(size), Xp, yp, Xt, yt
+    i = draws(yp, int(n[0]) if n else None, 1, 0)[0]
+    return name, int(size), Xp[i], yp[i], Xt, yt
 
 
 def main():
