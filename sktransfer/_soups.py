@@ -11,6 +11,7 @@ and builds the fitted estimator that holds the result.
 from __future__ import annotations
 
 import copy
+import warnings
 from numbers import Real
 
 import numpy as np
@@ -64,7 +65,8 @@ def fuse(estimators, weights=None, *, X=None):
         Images on which to re-estimate the BatchNorm statistics of the fused
         network, for members that learned their statistics
         (``bn_stats_="update"``; members that kept the pretrained ones
-        raise ``ValueError``); ``None``: the averaged statistics are kept.
+        raise ``ValueError``); ``None``: the averaged statistics are kept,
+        with a ``UserWarning`` when two or more members learned theirs.
 
     Returns
     -------
@@ -93,6 +95,8 @@ def fuse(estimators, weights=None, *, X=None):
     w = _check_weights(weights, len(members))
     if X is not None:
         _check_statistics_were_learned(members)
+    else:
+        _warn_if_statistics_were_learned(members)
     first = members[0]
     # a copy on the CPU (pickling moves networks there) that shares the teacher, as clone does
     fused = copy.deepcopy(first, {id(first.teacher): first.teacher} if getattr(first, "teacher", None) else None)
@@ -232,6 +236,21 @@ def _check_statistics_were_learned(members):
             "the default with few images): their heads learned features normalised by those statistics, "
             "and the averaged statistics are exact. Re-estimating them on X would change what the heads "
             "see (measured: accuracy 0.96 -> 0.44 on digits); leave X=None."
+        )
+
+
+def _warn_if_statistics_were_learned(members):
+    """Averaged statistics of members that learned theirs do not match the averaged weights."""
+    learned = [i for i, m in enumerate(members)
+               if getattr(m, "bn_stats_", None) == "update" and getattr(m, "n_frozen_stages_", 0) == 0]
+    if len(learned) > 1:
+        warnings.warn(
+            f"estimators {learned} learned their BatchNorm statistics (bn_stats_='update'), and the mean of "
+            "their statistics does not match the mean of their weights: pass the training images as X "
+            "(fuse(estimators, X=X_train)) to re-estimate them. Measured on 600 digits: two runs' soup "
+            "0.013 below their mean accuracy without X; four runs' soup 0.976 without X, 0.986 with X "
+            "(their mean 0.985).",
+            UserWarning, stacklevel=3,
         )
 
 
