@@ -333,10 +333,11 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         check_is_fitted(self, "net_")
         if _single_task(self):  # labels never seen in fit count as wrong
             return labelled_accuracy(y, self.predict(X), sample_weight, self.missing_label)
-        y = self._check_y(y, len(y))
+        logits = self._logits(X).double()
+        y = self._check_y(y, len(logits))
         target = torch.as_tensor(self._encode(y))
         weight = torch.as_tensor(BaseFineTune._sample_weights(self, y, sample_weight, len(y)))
-        return float(classification_score(self._logits(X).double(), target, weight, self._splits()))
+        return float(classification_score(logits, target, weight, self._splits()))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -24,6 +24,13 @@ def state_digest(module):
     return h.hexdigest()
 
 
+def network_digest(module):
+    """Hex digest of a network: its class, its structure (``repr``: layers, strides, activations)
+    and :func:`state_digest`. Code in a custom ``forward`` is not seen."""
+    kind = f"{type(module).__module__}.{type(module).__qualname__}"
+    return setting_digest(kind, repr(module), state_digest(module))
+
+
 def array_digest(array):
     """Hex digest of a numpy array or tensor: shape, dtype and values."""
     h = hashlib.blake2b(digest_size=16)

@@ -8,10 +8,10 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import HasMethods, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 from torch import nn
 
-from ._device import cpu_state, module_device, resolve_device
+from ._device import module_device, resolve_device
 from ._digest import setting_digest
 from ._docstrings import DOCS_URL
 from ._extractor_setup import (
@@ -95,7 +95,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         GPU; on the CPU, whose caches favour small batches of large images, the
         power of two nearest below ``2**18 / image_size**2`` within [8, 64]
         (8 at 224 px, 16 at 96-128 px, 64 at 64 px and below; measured in
-        docs/benchmarks.md). ``adapt_bn`` always uses batches of 64.
+        docs/benchmarks.md). With ``"auto"``, ``adapt_bn`` measures its statistics on batches of 64.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
     num_workers : "auto" or int, default="auto"
@@ -148,6 +148,8 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         Embedding size.
     layer_widths_ : list of int
         Width of each requested layer's block of features.
+    pooling_ : str or None
+        ``pooling`` as at ``fit``, what ``transform`` applies until the next ``fit``.
     n_features_in_ : int
         Columns of ``X`` seen in ``fit`` (only when ``X`` is a 2-D table).
     feature_names_in_ : ndarray of str
@@ -259,10 +261,8 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         self.layers_ = list(facts.layers)
         self.layer_widths_ = list(facts.layer_widths)
         self.n_features_out_ = sum(self.layer_widths_)
-        # at fit, so that transform leaves the estimator's __dict__ as it is
-        self._cache_setting = setting_digest(  # everything but the image that changes an embedding
-            facts.weights_digest, facts.family, self.layers_, self.pooling, self.preprocessing_, self.pixel_range_
-        )
+        self.pooling_ = self.pooling
+        self._cache_setting = _fit_setting(self, facts)  # at fit: transform leaves __dict__ as it is
         return self
 
     # -- transforming -------------------------------------------------------
@@ -284,7 +284,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
             if not self.cache:
                 return self._run(source, bar)
             return cached_transform(
-                source, self._cache_setting, lambda subset: self._run(subset, bar),
+                source, _device_setting(self), lambda subset: self._run(subset, bar),
                 self.cache_max_bytes, self.cache_dir,
             )
 
@@ -296,7 +296,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
             runner = _optimized_runner(self)
         if runner is None:
             def runner(x):
-                return forward_layers(self.backbone_, x, self.layers_, self.pooling)
+                return forward_layers(self.backbone_, x, self.layers_, self.pooling_)
 
         batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
         return extract(
@@ -307,11 +307,18 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
     def get_feature_names_out(self, input_features=None):
         """Names of the output features: ``"<layer>_<i>"``.
 
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Checked against the table columns seen in ``fit``; the names do not depend on it.
+
         Returns
         -------
         feature_names_out : ndarray of str
         """
         check_is_fitted(self, "n_features_out_")
+        if input_features is not None:
+            _check_feature_names_in(self, input_features)
         names = [
             f"{label}_{i}"
             for (label, _), width in zip(self.layers_, self.layer_widths_)
@@ -327,17 +334,20 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         tags.non_deterministic = False
         return tags
 
-    def __setstate__(self, state):
-        # extractors pickled or saved before adapt_bn existed did not adapt
-        super().__setstate__({"adapt_bn": False, **state})
-
-    def __getstate__(self):
-        state = cpu_state(super().__getstate__(), ["backbone_"])
-        state.pop("_optimized", None)
-        return state
-
     _doc_link_template = DOCS_URL
     _doc_link_module = "sktransfer"
+
+
+def _fit_setting(extractor, facts):
+    """Everything but the image that changes an embedding (see :class:`SetupFacts`)."""
+    return setting_digest(facts.network_digest, facts.family, extractor.layers_, extractor.pooling_,
+                          extractor.preprocessing_, extractor.pixel_range_)
+
+
+def _device_setting(extractor):
+    """The cache setting of ``extractor``'s transforms: a GPU computes in bf16, its embeddings are its own."""
+    device = resolve_device(extractor.device)
+    return extractor._cache_setting if device.type == "cpu" else setting_digest(extractor._cache_setting, device.type)
 
 
 def _wants_optimized(optimize, device, n_images, built=False):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._device import module_device
-from ._digest import state_digest
+from ._device import cpu_state, module_device
+from ._digest import network_digest, setting_digest
 from ._inference import extract
 from .backbones._cut import AUTO, resolve_layer, stage_index, stage_outputs
 from .backbones._layer_outputs import (
@@ -89,16 +89,22 @@ class LazyBackboneAttribute:
     def backbone_(self, module):
         self._backbone = LazyBackbone(module)
         self.__dict__.pop("_optimized", None)  # traced from the network it replaces
+        if "_cache_setting" in self.__dict__:  # cached embeddings are of the network it replaces
+            self._cache_setting = setting_digest(self._cache_setting, network_digest(module))
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # object.__getstate__ returns the __dict__ itself
         lazy = state.pop("_backbone", None)
         if lazy is not None:  # made now if it was not yet: the pickle must not need this process
             state["backbone_"] = lazy.get()
-        return state
+        state.pop("_optimized", None)  # a traced module belongs to this process
+        return cpu_state(state, ["backbone_"])
 
     def __setstate__(self, state):
         state = dict(state)
+        state.setdefault("adapt_bn", False)  # extractors pickled or saved before adapt_bn did not adapt
+        if "n_features_out_" in state and "pooling" in state:  # before pooling_, transform read pooling
+            state.setdefault("pooling_", state["pooling"])
         backbone = state.pop("backbone_", None)
         super().__setstate__(state)
         if backbone is not None:
@@ -113,7 +119,7 @@ class SetupFacts:
     preprocessing: Preprocessing  # in use (image_size applied)
     layers: tuple
     layer_widths: tuple
-    weights_digest: str
+    network_digest: str  # the class, structure and weights (the embedding cache's key)
     family: str
 
 
@@ -168,7 +174,7 @@ def work_out(backbone, extractor):
             for layer in layers
         ]
     return SetupFacts(backbone.preprocessing, preprocessing, tuple(layers), tuple(widths),
-                      state_digest(backbone), backbone.family)
+                      network_digest(backbone), backbone.family)
 
 
 class SharedTraces:
@@ -198,7 +204,7 @@ class SharedTraces:
 
 def trace_key(extractor):
     """What a fitted extractor's traced module depends on besides the weights."""
-    return tuple(extractor.layers_), extractor.pooling, extractor.preprocessing_.image_size
+    return tuple(extractor.layers_), extractor.pooling_, extractor.preprocessing_.image_size
 
 
 def traced_runner(extractor):
@@ -209,7 +215,7 @@ def traced_runner(extractor):
     time); the eager plan, which only checks and stands in after a failure,
     copies the network when it first runs.
     """
-    layers, pooling = extractor.layers_, extractor.pooling
+    layers, pooling = extractor.layers_, extractor.pooling_
 
     def build():
         return optimize_for_cpu(extractor.backbone_, layers, pooling, extractor.preprocessing_.image_size)

@@ -8,6 +8,7 @@ the validation score and the solved head ("target hooks").
 
 from __future__ import annotations
 
+import contextlib
 import os
 from numbers import Integral, Real
 
@@ -181,7 +182,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
             y_enc = self._encode(known)
         self._task_weights(self.n_outputs_)
         source.pixel_range = self.pixel_range_
-        w = _check_sample_weight(sample_weight, np.empty((len(source), 0)), dtype=np.float64)
+        w = _check_sample_weight(sample_weight, np.empty((len(source), 0)), dtype=np.float64, copy=True)
         if target is None:
             return source, y, y_enc, self._sample_weights(y, w, len(source))
         w[~target] = self._sample_weights(known, w[~target], len(known))
@@ -197,7 +198,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
         checkpointer = resume = None
-        with self._teaching(X, len(source)) as soft:
+        with self._teaching(X, len(source)) as soft, _unfitted_on_error(self, not continuing):
             if self.checkpoint_dir is not None:  # loaded before seeding: rebuilding its network draws numbers
                 checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w, sample_domain, soft))
                 if self.warm_start and not continuing:
@@ -233,7 +234,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         seed = int(rng.randint(np.iinfo(np.int32).max)) + len(self.history_)
         rng = np.random.RandomState(seed)
         device = resolve_device(self.device)
-        with self._teaching(X, len(source)), _seeded(seed, device):
+        with self._teaching(X, len(source)), _seeded(seed, device), _unfitted_on_error(self, first):
             if first:
                 self._build(device)
             self.net_.to(device)
@@ -416,3 +417,15 @@ class _seeded:
 
     def __exit__(self, *exc):
         return self.fork.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def _unfitted_on_error(estimator, fresh):
+    """A fit that builds a new network and then fails leaves no ``net_``: the estimator stays
+    unfitted (``predict`` raises ``NotFittedError``; a ``warm_start`` fit starts afresh)."""
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            estimator.__dict__.pop("net_", None)
+        raise

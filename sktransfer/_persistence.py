@@ -273,8 +273,8 @@ def load(path):
     >>> ext = sktransfer.PretrainedFeatureExtractor(image_size=32).fit(X[:4])
     >>> path = os.path.join(tempfile.mkdtemp(), "extractor.safetensors")
     >>> ext.save(path)
-    >>> sktransfer.load(path).transform(X[:2]).shape
-    (2, 1280)
+    >>> sktransfer.load(path).transform(X[:2]).shape  # layer="auto" reads stage 3 at 32 px
+    (2, 40)
     """
     return read_file(path)[0]
 

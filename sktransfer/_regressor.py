@@ -265,9 +265,12 @@ class FineTuneRegressor(RegressorMixin, BaseFineTune):
         y_arr = np.asarray(y, dtype=np.float64)
         if not np.isnan(y_arr).any():
             return super().score(X, y, sample_weight)
-        pred = torch.as_tensor(np.asarray(self.predict(X)).reshape(len(y_arr), -1))
-        w = self._sample_weights(y_arr, sample_weight, len(y_arr))
-        return float(regression_score(pred, torch.as_tensor(y_arr.reshape(len(y_arr), -1)), torch.as_tensor(w)))
+        pred = np.asarray(self.predict(X), dtype=np.float64)
+        if len(pred) != len(y_arr):
+            raise ValueError(f"X has {len(pred)} images and y has {len(y_arr)} rows: give one target row per image.")
+        w = self._sample_weights(y_arr, sample_weight, len(y_arr)).astype(np.float64)
+        pred, y_arr = (torch.as_tensor(a.reshape(len(a), -1)) for a in (pred, y_arr))
+        return float(regression_score(pred, y_arr, torch.as_tensor(w)))  # in float64, as r2_score
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -49,14 +49,19 @@ def task_weight_array(task_weights, n_tasks):
 
 
 def missing_mask(column, missing_label):
-    """Entries of one task column that hold no label (``missing_label``; else None or NaN)."""
-    if missing_label is not None:
+    """Entries of one task column that hold no label (``missing_label``; else, or when it is NaN,
+    None or NaN)."""
+    if missing_label is not None and not _is_nan(missing_label):
         return np.asarray(column == missing_label, dtype=bool)
     if column.dtype.kind == "f":
         return np.isnan(column)
     if column.dtype.kind == "O":
         return np.array([v is None or (isinstance(v, float) and v != v) for v in column], dtype=bool)
     return np.zeros(len(column), dtype=bool)
+
+
+def _is_nan(value):
+    return isinstance(value, float) and value != value  # np.nan and float("nan"); np.float64 too
 
 
 def label_columns(y, missing_label):

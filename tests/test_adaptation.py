@@ -466,3 +466,12 @@ def test_splitter_docstring_example_holds():
 
     result = doctest.testmod(sktransfer.model_selection)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_sample_weight_of_the_caller_is_left_as_it_was(digits):
+    _, X, y = digits
+    domain = np.where(np.arange(40) < 30, 1, -1)
+    w = np.linspace(0.1, 1.0, 40)
+    before = w.copy()
+    FineTuneClassifier(class_weight="balanced", **FAST).fit(X[:40], y[:40], sample_weight=w, sample_domain=domain)
+    np.testing.assert_array_equal(w, before)

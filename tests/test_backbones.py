@@ -134,6 +134,9 @@ def test_weights_from_a_state_dict_file(tmp_path, rng):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "other.pth")
     with pytest.raises(ValueError, match="does not fit ResNet"):
         load_backbone("resnet18", weights=str(tmp_path / "other.pth"))
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "ten.pth")
+    with pytest.raises(ValueError, match=r"fc.weight: \(10, 512\) in the file, \(1000, 512\) in the model"):
+        load_backbone("resnet18", weights=str(tmp_path / "ten.pth"))
 
 
 def test_weights_file_with_code_is_refused(tmp_path):
@@ -279,3 +282,15 @@ def test_loading_a_backbone_leaves_the_random_stream_alone(fresh_builds):
         load_backbone("resnet18", weights=None)
         assert torch.equal(torch.rand(3), expected)
     assert len(_loading._BUILT) == 1
+
+
+def test_a_timm_weights_tag_is_given_once():
+    with pytest.raises(ValueError, match=r"carries its weights tag 'a1_in1k' and weights='tv_in1k'"):
+        load_backbone("timm/resnet18.a1_in1k", "tv_in1k")
+
+
+def test_a_module_refuses_a_weights_name_it_would_ignore():
+    module = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match=r"weights='IMAGENET1K_V2' names weights of a registered model"):
+        load_backbone(module, "IMAGENET1K_V2")
+    assert load_backbone(module, "DEFAULT").weights == "as given"

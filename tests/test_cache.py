@@ -140,3 +140,49 @@ def test_grid_search_passes_over_the_data_about_once(digits, counted):
     assert grid.best_score_ > 0.3
     # without the cache: 3 C x 3 folds x (fit + score) + refit = 21 passes' worth of images
     assert sum(counted) <= 1.5 * len(X)
+
+
+def test_the_key_knows_the_network_the_pooling_of_fit_and_how_items_are_read(digits, counted):
+    """Cached embeddings are never served for another architecture, another network assigned to
+    ``backbone_``, a pooling changed after fit, a palette or another reading of the same bytes."""
+    import torch
+    from PIL import Image
+
+    from sktransfer.backbones._loading import load_backbone
+
+    images, _, _ = digits
+    X = (images[:6] * 16).astype(np.uint8)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    relu, tanh = (PretrainedFeatureExtractor(torch.nn.Sequential(conv, act), layer=None, image_size=16).fit(X)
+                  for act in (torch.nn.ReLU(), torch.nn.Tanh()))
+    assert not np.allclose(relu.transform(X), tanh.transform(X))  # same weights, other structure
+
+    ext = PretrainedFeatureExtractor(image_size=32, layer="stage3").fit(X)
+    avg = ext.transform(X[:3])
+    ext.set_params(pooling="max")  # takes effect at the next fit: transform keeps fit's pooling
+    np.testing.assert_array_equal(ext.transform(X), PretrainedFeatureExtractor(
+        image_size=32, layer="stage3", cache=False).fit(X).transform(X))
+    np.testing.assert_array_equal(ext.transform(X[:3]), avg)
+    assert ext.pooling_ == "avg" and ext.fit(X).pooling_ == "max"
+    assert not np.allclose(ext.transform(X[:3]), avg)
+
+    ext = PretrainedFeatureExtractor(image_size=32, layer="stage3").fit(X)
+    before = ext.transform(X)
+    other = load_backbone("efficientnet_lite0")
+    with torch.no_grad():
+        other.model.conv_stem.weight.mul_(-1.0)
+    ext.backbone_ = other
+    assert not np.allclose(ext.transform(X), before)
+
+    grey = Image.fromarray(X[0]).convert("P")
+    recoloured = grey.copy()
+    recoloured.putpalette([255 - v for v in grey.getpalette()])
+    a, b = ext.transform([grey, recoloured])
+    assert not np.allclose(a, b)
+
+    cube = np.random.default_rng(0).integers(0, 255, (3, 16, 4), dtype=np.uint8)
+    ext = PretrainedFeatureExtractor(image_size=32, layer="stage3").fit(X)
+    as_tensor, as_array = ext.transform([torch.from_numpy(cube)]), ext.transform([cube])  # 16x4 RGB, 3x16 RGBA
+    assert not np.allclose(as_tensor, as_array)
+    np.testing.assert_array_equal(as_array, PretrainedFeatureExtractor(
+        image_size=32, layer="stage3", cache=False).fit(X).transform([cube]))

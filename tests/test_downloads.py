@@ -158,6 +158,25 @@ def test_timm_names_download_through_huggingface_hub(online, monkeypatch):
     assert len(calls) == 1
 
 
+def test_a_hub_that_cannot_be_reached_is_asked_once(online, monkeypatch):
+    """No connection (LocalEntryNotFoundError) is not a missing file: the second file name is not tried."""
+    import huggingface_hub
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    calls = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        calls.append((filename, kwargs.get("etag_timeout")))
+        raise LocalEntryNotFoundError("Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setenv("SKTRANSFER_DOWNLOAD_TIMEOUT", "7")
+    with pytest.raises(WeightsNotFoundError, match="Connection refused") as info:
+        load_backbone("timm/resnet18.a1_in1k")
+    assert calls == [("model.safetensors", 7.0)]
+    assert isinstance(info.value.__cause__, LocalEntryNotFoundError)
+
+
 def test_the_embedded_default_needs_no_network(empty_caches, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the embedded weights must not be downloaded")

@@ -3,6 +3,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from sktransfer import (
     FineTuneClassifier,
@@ -251,6 +252,30 @@ def test_partial_fit_and_warm_start(data):
     assert not torch.equal(head, warm.net_.head.weight)
     with pytest.raises(ValueError, match="not seen in the first fit"):
         warm.fit(X, y + 100)
+
+
+def test_a_fit_that_fails_after_building_its_network_leaves_the_estimator_unfitted(data):
+    X, y = data
+    clf = FineTuneClassifier(max_epochs=1, warm_start=True, early_stopping=True, validation_fraction=0.97, **FAST)
+    with pytest.raises(ValueError):
+        clf.fit(X[:40], y[:40])  # too few rows left to train on: raised once the network is built
+    assert not hasattr(clf, "net_")
+    with pytest.raises(NotFittedError):
+        clf.predict(X[:2])
+    clf.set_params(early_stopping=False).fit(X, y)  # a fresh fit, not a continuation of a broken one
+    assert clf.head_init_ == "solve" and clf.n_epochs_ == 1
+
+
+def test_a_first_partial_fit_without_some_classes_leaves_them_a_fair_start(data):
+    from sktransfer.training._head_init import solve_logistic
+
+    z = torch.randn(30, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 2] * 15)
+    coef, bias = solve_logistic(z, labels, torch.ones(30), 4)
+    present_coef, present_bias = solve_logistic(z, torch.tensor([0, 1] * 15), torch.ones(30), 2)
+    torch.testing.assert_close(coef[[0, 2]], present_coef)
+    torch.testing.assert_close(bias[[0, 2]], present_bias)
+    assert torch.all(coef[[1, 3]] == 0) and torch.all(bias[[1, 3]] == present_bias.min())
 
 
 def test_augment_is_used_in_training_only(data):

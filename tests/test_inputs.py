@@ -153,6 +153,9 @@ def test_caller_arrays_are_not_modified(rgb, digits):
         (np.array([["a", "b"]]), ValueError, "strings|numeric"),
         ([object(), object()], TypeError, "file paths, PIL images or arrays"),
         (["/no/such/file.png"], FileNotFoundError, "/no/such/file.png"),
+        (np.zeros((3, 0, 5)), ValueError, "0x5 pixels"),
+        ([np.zeros((4, 4)), np.zeros((0, 5))], ValueError, "0x5 pixels"),
+        (torch.zeros(2, 3, 6, 0), ValueError, "6x0 pixels"),
     ],
 )
 def test_bad_inputs_give_clear_errors(X, error, match):
@@ -174,3 +177,39 @@ def test_wrong_number_of_columns_at_transform(digits):
     ext = PretrainedFeatureExtractor(cache=False, image_size=32).fit(table[:5])
     with pytest.raises(ValueError, match="64 features"):
         ext.transform(table[:5, :60])
+
+
+def test_wide_grey_files_and_images_keep_their_brightness(extractor, rgb, tmp_path):
+    """16-bit and float grey images are read on their own scale, not clipped to 0-255 by Pillow."""
+    grey = rgb[..., 0]
+    ref = extractor.transform(grey)
+    wide = grey.astype(np.uint16) * 257
+    paths = []
+    for i, img in enumerate(wide):
+        paths.append(str(tmp_path / f"grey{i}.png"))
+        Image.fromarray(img).save(paths[-1])  # a 16-bit PNG (mode I;16)
+    close(extractor.transform(paths), ref)
+    close(extractor.transform([Image.fromarray(g.astype(np.float32) / 255) for g in grey]), ref)  # mode F
+    with pytest.raises(ValueError, match=r"'F'.*0-1.*Convert it to 8 bits"):
+        extractor.transform([Image.fromarray(grey[0].astype(np.float32))])  # 0-255 in a float image
+
+
+def test_big_endian_arrays_equal_native_ones(extractor, rgb):
+    ref = extractor.transform(rgb)
+    close(extractor.transform((rgb.astype(np.uint16) * 257).astype(">u2")), ref)
+    close(extractor.transform((rgb / 255).astype(">f4")), ref)
+    close(extractor.transform(list((rgb / 255).astype(">f8"))), ref)
+
+
+def test_a_fit_on_images_forgets_an_earlier_fits_columns(digits):
+    import pandas as pd
+
+    images, table, _ = digits
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32)
+    ext.fit(pd.DataFrame(table[:5], columns=[f"px{i}" for i in range(64)]))
+    assert ext.n_features_in_ == 64
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        ext.get_feature_names_out(["a"] * 64)  # scikit-learn's check of input_features
+    ext.fit(images[:5])
+    assert not hasattr(ext, "n_features_in_") and not hasattr(ext, "feature_names_in_")
+    assert ext.transform(table[:5, :32].reshape(5, 4, 8)).shape == (5, ext.n_features_out_)

@@ -193,3 +193,34 @@ def test_multi_task_estimators_round_trip_through_save(data, tmp_path):
         est.save(path)
         loaded = sktransfer.load(path)
         np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
+def test_scores_check_lengths_and_the_regressor_scores_missing_values_in_float64(data):
+    X, y = data
+    clf = FineTuneClassifier(**FAST).fit(X, two_tasks(y))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        clf.score(X[:10], two_tasks(y)[:12])
+    Y = np.column_stack([y, X.mean(1)]).astype(float) + 1e7  # large offsets: float32 R² would be off
+    Y[::4, 1] = np.nan
+    reg = FineTuneRegressor(**FAST).fit(X, Y)
+    with pytest.raises(ValueError, match="10 images and y has 12 rows"):
+        reg.score(X[:10], Y[:12])
+    from sklearn.metrics import r2_score
+
+    pred = reg.predict(X)
+    known = ~np.isnan(Y[:, 1])
+    expected = np.mean([r2_score(Y[:, 0], pred[:, 0]), r2_score(Y[known, 1], pred[known, 1])])
+    assert reg.score(X, Y) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_nan_as_missing_label_marks_the_nan_rows(data):
+    X, y = data
+    Y = two_tasks(y)
+    by_nan = FineTuneClassifier(missing_label=np.nan, **FAST).fit(X, Y)
+    by_default = FineTuneClassifier(**FAST).fit(X, Y)  # None: NaN marks missing labels too
+    for a, b in zip(by_nan.classes_, by_default.classes_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(by_nan.predict_proba(X[:8])[0], by_default.predict_proba(X[:8])[0])
+    single = np.where(np.arange(64) % 5, y, np.nan)
+    clf = FineTuneClassifier(missing_label=np.nan, **FAST).fit(X, single)
+    np.testing.assert_array_equal(clf.classes_, np.unique(y[np.arange(64) % 5 > 0]))

@@ -133,3 +133,12 @@ def _saved(estimator, tmp_path):
     path = tmp_path / "soup.safetensors"
     estimator.save(path)
     return load(path)
+
+
+def test_fuse_warns_for_learned_statistics_that_x_cannot_re_estimate(digits):
+    _, X, y = digits
+    partly_frozen = [_run(X[:120], y[:120], seed, bn_stats="update", freeze_depth=1) for seed in (0, 1)]
+    with pytest.warns(UserWarning, match=r"frozen stages .*score the soup on held-out images"):
+        fuse(partly_frozen)
+    with pytest.raises(ValueError, match="frozen stages"):
+        fuse(partly_frozen, X=X[300:400])

@@ -94,6 +94,12 @@ def load_backbone(backbone=DEFAULT_BACKBONE, weights="DEFAULT", preprocessing=No
                 "cross_val_score); pass backbone=fitted.export_backbone() instead, which keeps them."
             )
         backbone = backbone.export_backbone()
+    if isinstance(backbone, (Backbone, nn.Module)) and isinstance(weights, str) and not is_path(weights) \
+            and weights.upper() != "DEFAULT":
+        raise ValueError(
+            f"weights={weights!r} names weights of a registered model, which a network given as a module keeps "
+            "as it is: use weights='DEFAULT' (as given), None (re-initialised) or the path of a state-dict file."
+        )
     if isinstance(backbone, Backbone):
         result = copy.deepcopy(backbone)
         if is_path(weights):

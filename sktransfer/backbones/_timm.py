@@ -122,7 +122,14 @@ def _timm(name, weights):
         model = timm.create_model(name, pretrained=False)
         desc = load_file_into(model, weights) if weights is not None else None
     else:
-        full = name if str(weights).upper() == "DEFAULT" or "." in name else f"{name}.{weights}"
+        tag = name.partition(".")[2]
+        if tag and str(weights).upper() != "DEFAULT" and str(weights) != tag:
+            raise ValueError(
+                f"timm name {name!r} carries its weights tag {tag!r} and weights={weights!r} names another; "
+                f"give the tag once: backbone='timm/{name.partition('.')[0]}', weights={weights!r}, "
+                f"or weights='DEFAULT'."
+            )
+        full = name if str(weights).upper() == "DEFAULT" or tag else f"{name}.{weights}"
         model = timm.create_model(full, pretrained=False)
         path = timm_checkpoint(full, model.pretrained_cfg)
         model = timm.create_model(full, pretrained=True, pretrained_cfg_overlay={"file": str(path)})

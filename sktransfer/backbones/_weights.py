@@ -18,7 +18,8 @@ plus any state-dict file the user names (loaded with ``weights_only=True``).
 nothing is fetched: a file missing from the caches raises
 :class:`WeightsNotFoundError`, as does a download that fails (its cause
 chained; a silent network gives up after ``SKTRANSFER_DOWNLOAD_TIMEOUT``
-seconds, 30 by default, never hangs).
+seconds, 30 by default, per connection attempt: it never hangs, though
+huggingface_hub's own retries of a refused connection take it about 25 s).
 """
 
 from __future__ import annotations
@@ -273,14 +274,15 @@ def _hf_download(repo_id, cache):
     """``hf_hub_download`` of the repo's weights (safetensors first, as timm does); a progress bar
     only when verbose (through ``tqdm_class``: huggingface_hub's global switches stay untouched)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     bar = {} if _PROGRESS.get() else {"tqdm_class": _silent_bar_class()}
     for filename in _HF_FILES[:-1]:
         try:
-            return hf_hub_download(repo_id, filename, cache_dir=cache, **bar)
-        except EntryNotFoundError:
-            if filename == _HF_FILES[-2]:
+            return hf_hub_download(repo_id, filename, cache_dir=cache, etag_timeout=_timeout(), **bar)
+        except EntryNotFoundError as exc:
+            # not on the hub: try the next file; no connection (LocalEntryNotFoundError): give up now
+            if isinstance(exc, LocalEntryNotFoundError) or filename == _HF_FILES[-2]:
                 raise
 
 
@@ -297,6 +299,15 @@ def _silent_bar_class():
 def load_file_into(model, path):
     """Load the state-dict file at ``path`` into ``model`` (every key must fit); returns ``str(path)``."""
     state = load_state_dict_file(path)
+    own = model.state_dict()
+    other = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model" for k, v in state.items()
+             if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if other:
+        raise ValueError(
+            f"The state dict in {str(path)!r} does not fit {type(model).__name__}: tensors of other shapes "
+            f"({'; '.join(other[:3])}{'; ...' if len(other) > 3 else ''}). A classifier saved with another "
+            "number of classes has another head: save the network with the architecture it is loaded into."
+        )
     result = model.load_state_dict(state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:

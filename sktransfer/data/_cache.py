@@ -16,9 +16,11 @@ embedding, written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -124,9 +126,13 @@ def item_keys(source):
             except OSError:
                 keys.append(None)  # missing: never cached, the decoder raises the clear error
         elif is_pil(item):
-            keys.append(array_digest(np.asarray(item)) + item.mode)
-        else:
+            palette = item.getpalette() if item.mode in ("P", "PA") else None  # the colours of the indices
+            keys.append(array_digest(np.asarray(item)) + item.mode
+                        + (array_digest(np.asarray(palette, dtype=np.int64)) if palette else ""))
+        elif isinstance(item, torch.Tensor):  # channels first, as the rows of an array source
             keys.append(array_digest(item))
+        else:  # a numpy image in a list is read channels last: its bytes mean other pixels
+            keys.append("hwc:" + array_digest(item))
     return keys
 
 
@@ -135,6 +141,7 @@ class DiskCache:
 
     def __init__(self, folder, setting):
         self.folder = os.path.join(os.fspath(folder), setting)
+        self.unwritable = False
 
     def _path(self, key):
         name = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
@@ -147,12 +154,24 @@ class DiskCache:
             return None
 
     def put(self, key, value):
+        """Write one embedding; a folder that cannot be written (read-only, full) warns once and is
+        then left alone: the embeddings are computed already, and the memory cache keeps them."""
+        if self.unwritable:
+            return
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, value, allow_pickle=False)
-        os.replace(tmp, path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.save(fh, value, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.unwritable = True
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            warnings.warn(f"cache_dir {self.folder!r} cannot be written ({type(exc).__name__}: {exc}); "
+                          "embeddings are not kept on disk this time. Fix the folder or set cache_dir=None.",
+                          RuntimeWarning, stacklevel=2)
 
 
 def cached_transform(source, setting, compute, max_bytes, folder=None):

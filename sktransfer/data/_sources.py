@@ -37,6 +37,8 @@ _FIXED_SCALES = {"uint8": 255.0, "uint16": 65535.0}
 
 
 def _dtype_name(array):
+    if isinstance(array, np.ndarray):
+        return array.dtype.name  # "uint16" in either byte order
     return str(array.dtype).replace("torch.", "")
 
 
@@ -75,8 +77,8 @@ def _scale(array, pixel_range):
         return torch.from_numpy(array)
     if isinstance(array, torch.Tensor):
         tensor = array.detach().to("cpu", torch.float32, copy=True)
-    else:
-        tensor = torch.tensor(array, dtype=torch.float32)
+    else:  # numpy converts any byte order; torch reads only the machine's
+        tensor = torch.from_numpy(np.array(array, dtype=np.float32))
     scale = _FIXED_SCALES.get(_dtype_name(array))
     if scale is not None:
         return tensor / scale
@@ -90,6 +92,7 @@ class ArraySource(ImageSource):
     """Numeric (N, C, H, W) view of an array or tensor (the caller's object is not copied up front)."""
 
     def __init__(self, data, pixel_range):
+        _check_not_empty(data.shape[2:])
         self.data = data  # (N, C, H, W), numpy or torch
         self.pixel_range = pixel_range
         fixed = _dtype_name(data) in _FIXED_SCALES
@@ -171,9 +174,25 @@ def is_pil(obj):
 def _pil_to_array(img):
     if img.mode == "L":
         return np.asarray(img)[None]
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _wide_grey_to_uint8(img)[None]
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img).transpose(2, 0, 1)
+
+
+def _wide_grey_to_uint8(img):
+    """A 16-bit or 32-bit integer grey image (0-65535) or a float one (0-1) as 8 bits: Pillow's
+    ``convert`` would clip their values to 0-255 (a 16-bit image all but white)."""
+    values = np.asarray(img).astype(np.float64)  # either byte order
+    kind, top, scale = ("float", 1.0, "0-1") if img.mode == "F" else ("integer", 65535.0, "0-65535")
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= top):
+        raise ValueError(
+            f"A {img.mode!r} (grey, {kind}) image has values from {values.min():g} to {values.max():g}; "
+            f"sktransfer reads such images as {scale}. Convert it to 8 bits, or pass its pixels as a float "
+            "array with pixel_range set."
+        )
+    return np.round(values * (255.0 / top)).astype(np.uint8)
 
 
 def _read_image(path, draft_side=None):
@@ -264,6 +283,12 @@ def _looks_like_items(seq):
     return isinstance(first, (str, os.PathLike, np.ndarray, torch.Tensor)) or is_pil(first)
 
 
+def _check_not_empty(height_width):
+    if min(height_width) == 0:
+        raise ValueError(f"Found an image of {height_width[0]}x{height_width[1]} pixels; every image needs at "
+                         "least one row and one column.")
+
+
 def _items_source(items, pixel_range):
     kinds = set()
     for it in items:
@@ -280,6 +305,7 @@ def _items_source(items, pixel_range):
                 raise ValueError(
                     f"Each image in a list must be (H, W) or (H, W, C), got shape {tuple(it.shape)}."
                 )
+            _check_not_empty(it.shape[1:] if isinstance(it, torch.Tensor) and it.ndim == 3 else it.shape[:2])
             _check_finite(it)
             kinds.add("array")
         else:
@@ -298,6 +324,9 @@ def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=F
     """
     if X is None:
         raise ValueError("X is None; pass images (arrays, tensors, paths or PIL images).")
+    if reset:  # a fit on images that are no table forgets the columns of an earlier fit's table
+        for name in ("n_features_in_", "feature_names_in_"):
+            estimator.__dict__.pop(name, None)
     if pd is not None and isinstance(X, pd.DataFrame):
         if X.shape[1] == 1 and X.shape[0] and _looks_like_items(list(X.iloc[:1, 0])):
             X = list(X.iloc[:, 0])

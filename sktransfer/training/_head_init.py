@@ -9,7 +9,7 @@ images, standardised:
 * classification: multinomial logistic regression with an L2 penalty
   (scikit-learn's objective ``C * sum_i w_i CE_i + ||W||^2 / 2``, ``C=1``),
   minimised by L-BFGS; classes absent from the training rows get no weight and
-  are pushed down by the others;
+  the lowest bias of the others (:func:`solve_logistic`);
 * regression: ridge regression (``alpha=1``) on the standardised targets.
 
 The standardisation is folded into the head's weight and bias, so the network
@@ -85,7 +85,20 @@ def standardise(features):
 
 
 def solve_logistic(z, labels, weight, n_classes, c=C, max_iter=200):
-    """Weights ``(n_classes, d)`` and bias of an L2-penalised multinomial logistic regression."""
+    """Weights ``(n_classes, d)`` and bias of an L2-penalised multinomial logistic regression.
+
+    Classes absent from ``labels`` (a first ``partial_fit`` whose rows lack some
+    of ``classes``) are left out of the solve and start with no weight and the
+    lowest bias of the others: solved with them, their biases went to about -9,
+    from which later steps (about 0.002 each) never lifted them.
+    """
+    present = torch.unique(labels)
+    if 0 < len(present) < n_classes:
+        coef, bias = solve_logistic(z, torch.searchsorted(present, labels), weight, len(present), c, max_iter)
+        full_coef = coef.new_zeros(n_classes, coef.shape[1])
+        full_bias = bias.new_full((n_classes,), float(bias.min()))
+        full_coef[present], full_bias[present] = coef, bias
+        return full_coef, full_bias
     d = z.shape[1]
     coef = torch.zeros(n_classes, d, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)

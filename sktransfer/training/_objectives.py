@@ -41,8 +41,10 @@ def _class_columns(logits, target, splits):
 
 
 def _value_columns(pred, target):
-    """Per task with a known value: ``(t, predictions, targets, mask)`` of the masked rows, float32."""
-    pred, target = pred.float(), target.float()
+    """Per task with a known value: ``(t, predictions, targets, mask)`` of the masked rows, float32
+    (float64 if either is)."""
+    dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
+    pred, target = pred.to(dtype), target.to(dtype)
     if target.ndim == 1:
         pred, target = pred[:, :1], target[:, None]
     for t in range(target.shape[1]):
@@ -89,5 +91,5 @@ def regression_score(pred, target, weight):
         mean = _weighted_mean(y, w)
         residual = (w * (y - p) ** 2).sum()
         spread = (w * (y - mean) ** 2).sum()
-        scores.append(1 - residual / spread if spread > 0 else (residual == 0).float())
+        scores.append(1 - residual / spread if spread > 0 else (residual == 0).to(y.dtype))
     return torch.stack(scores).mean() if scores else torch.tensor(float("nan"))
