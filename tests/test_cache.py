@@ -186,3 +186,14 @@ def test_the_key_knows_the_network_the_pooling_of_fit_and_how_items_are_read(dig
     assert not np.allclose(as_tensor, as_array)
     np.testing.assert_array_equal(as_array, PretrainedFeatureExtractor(
         image_size=32, layer="stage3", cache=False).fit(X).transform([cube]))
+
+
+def test_a_cache_dir_that_cannot_be_written_warns_and_the_embeddings_come_back(digits, counted, tmp_path):
+    _, table, _ = digits
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    ext = PretrainedFeatureExtractor(image_size=32, cache_dir=str(blocked)).fit(table[:6])
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        Z = ext.transform(table[:6])
+    np.testing.assert_array_equal(Z, PretrainedFeatureExtractor(image_size=32, cache=False).fit(table[:6])
+                                  .transform(table[:6]))
