@@ -157,7 +157,11 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     verbose : int, default=0
         ``>0``: a tqdm bar per epoch with the running loss.
     warm_start : bool, default=False
-        ``fit`` continues from the fitted weights instead of reloading.
+        ``fit`` continues from the fitted weights instead of reloading. The
+        parameters that shape the network (``backbone``, ``weights``,
+        ``layer``, ``image_size``, ``pooling``, ``head_hidden``, ``dropout``,
+        ``preprocessing``, ``freeze_depth``) must stay as they were when it was
+        built, here and for ``partial_fit``: a changed one raises ``ValueError``.
 
 """.replace("%(min_steps)s", str(DEFAULT_MIN_STEPS)).replace(
     "%(adaptation_min_steps)s", str(ADAPTATION_MIN_STEPS))

@@ -27,7 +27,7 @@ import torch
 from ._device import cpu_state, module_device
 from ._digest import network_digest, setting_digest
 from ._inference import extract
-from .backbones._cut import AUTO, resolve_layer, stage_index, stage_outputs
+from .backbones._cut import AUTO, probing, resolve_layer, stage_index, stage_outputs
 from .backbones._layer_outputs import (
     EMBEDDING,
     CheckedTrace,
@@ -168,11 +168,12 @@ def work_out(backbone, extractor):
     else:
         device = module_device(backbone)
         probe = ArraySource(torch.zeros(1, 3, size, size), (0.0, 1.0))
-        widths = [
-            extract(lambda x, plan=[layer]: forward_layers(backbone, x, plan, extractor.pooling),
-                    probe, preprocessing, device, 1, channels_last=True).shape[1]
-            for layer in layers
-        ]
+        with probing(backbone, size):
+            widths = [
+                extract(lambda x, plan=[layer]: forward_layers(backbone, x, plan, extractor.pooling),
+                        probe, preprocessing, device, 1, channels_last=True).shape[1]
+                for layer in layers
+            ]
     return SetupFacts(backbone.preprocessing, preprocessing, tuple(layers), tuple(widths),
                       network_digest(backbone), backbone.family)
 

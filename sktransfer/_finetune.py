@@ -8,7 +8,6 @@ the validation score and the solved head ("target hooks").
 
 from __future__ import annotations
 
-import contextlib
 import os
 from numbers import Integral, Real
 
@@ -25,11 +24,12 @@ from ._device import cpu_copy, cpu_state, resolve_device
 from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
 from ._domain import AdaptationMixin, with_unlabelled
+from ._fitting import fit_scope, seeded
 from ._inference import predict_images
 from ._persistence import SaveMixin
 from ._targets import check_y, target_rows, task_weight_array
 from ._validation import Device, Number, Pattern, PixelRange
-from .backbones._cut import AUTO, EMBEDDING, cut_at_layer
+from .backbones._cut import AUTO, EMBEDDING, cut_at_layer, probing
 from .backbones._loading import load_backbone
 from .backbones._pooling import POOLINGS, pool
 from .data._augment import resolve_augment
@@ -198,12 +198,12 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         seed = int(rng.randint(np.iinfo(np.int32).max))
         device = resolve_device(self.device)
         checkpointer = resume = None
-        with self._teaching(X, len(source)) as soft, _unfitted_on_error(self, not continuing):
+        with self._teaching(X, len(source)) as soft, fit_scope(self, not continuing):
             if self.checkpoint_dir is not None:  # loaded before seeding: rebuilding its network draws numbers
                 checkpointer = Checkpointer(self.checkpoint_dir, run_digest(self, source, y, w, sample_domain, soft))
                 if self.warm_start and not continuing:
                     resume = checkpointer.load()
-            with _seeded(seed, device):
+            with seeded(seed, device):
                 if resume is not None:
                     self._adopt(resume.estimator)
                 elif not continuing:
@@ -234,7 +234,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         seed = int(rng.randint(np.iinfo(np.int32).max)) + len(self.history_)
         rng = np.random.RandomState(seed)
         device = resolve_device(self.device)
-        with self._teaching(X, len(source)), _seeded(seed, device), _unfitted_on_error(self, first):
+        with self._teaching(X, len(source)), seeded(seed, device), fit_scope(self, first):
             if first:
                 self._build(device)
             self.net_.to(device)
@@ -267,7 +267,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         # the pretrained weights are kept during fit only when L2-SP or fusion needs them
         self._pretrained = _state_copy(backbone.model) if self._needs_anchor() else None
         backbone.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), probing(backbone, size):
             probe = prepare_batch(torch.zeros(1, 3, size, size), self.preprocessing_, torch.device("cpu"))
             n_features = pool(backbone.forward_features(probe), self.pooling).shape[1]
         net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout,
@@ -401,31 +401,3 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
 
 def _state_copy(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-class _seeded:
-    """Seed torch for the duration of a fit, leaving the global RNG state as it was."""
-
-    def __init__(self, seed, device):
-        self.seed = seed
-        self.devices = [device.index or 0] if device.type == "cuda" else []
-
-    def __enter__(self):
-        self.fork = torch.random.fork_rng(devices=self.devices)
-        self.fork.__enter__()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        return self.fork.__exit__(*exc)
-
-
-@contextlib.contextmanager
-def _unfitted_on_error(estimator, fresh):
-    """A fit that builds a new network and then fails leaves no ``net_``: the estimator stays
-    unfitted (``predict`` raises ``NotFittedError``; a ``warm_start`` fit starts afresh)."""
-    try:
-        yield
-    except BaseException:
-        if fresh:
-            estimator.__dict__.pop("net_", None)
-        raise

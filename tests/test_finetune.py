@@ -252,6 +252,19 @@ def test_partial_fit_and_warm_start(data):
     assert not torch.equal(head, warm.net_.head.weight)
     with pytest.raises(ValueError, match="not seen in the first fit"):
         warm.fit(X, y + 100)
+    # parameters that shape the network cannot change under a continued fit: a clear error, nothing trained
+    weights = {k: v.clone() for k, v in warm.net_.state_dict().items()}
+    for name, value in (("image_size", 40), ("freeze_depth", 2), ("head_hidden", 8)):
+        before = warm.get_params()[name]
+        with pytest.raises(ValueError, match=f"{name} changed since the network was built"):
+            warm.set_params(**{name: value}).fit(X, y)
+        warm.set_params(**{name: before})
+    assert all(torch.equal(v, weights[k]) for k, v in warm.net_.state_dict().items())
+    warm.set_params(max_epochs=1).fit(X, y)  # a parameter of training: the network goes on
+    assert warm.n_epochs_ == 3
+    clf.set_params(pooling="max")
+    with pytest.raises(ValueError, match="pooling changed"):
+        clf.partial_fit(X[:48], y[:48])
 
 
 def test_a_fit_that_fails_after_building_its_network_leaves_the_estimator_unfitted(data):

@@ -199,6 +199,9 @@ def test_big_endian_arrays_equal_native_ones(extractor, rgb):
     close(extractor.transform((rgb.astype(np.uint16) * 257).astype(">u2")), ref)
     close(extractor.transform((rgb / 255).astype(">f4")), ref)
     close(extractor.transform(list((rgb / 255).astype(">f8"))), ref)
+    wide = rgb.astype(np.uint32)  # torch's uint32 (few ops take it) reads as numpy's
+    close(extractor.transform(torch.from_numpy(wide.astype(np.int64)).to(torch.uint32).permute(0, 3, 1, 2)),
+          extractor.transform(wide))
 
 
 def test_a_fit_on_images_forgets_an_earlier_fits_columns(digits):
@@ -213,3 +216,10 @@ def test_a_fit_on_images_forgets_an_earlier_fits_columns(digits):
     ext.fit(images[:5])
     assert not hasattr(ext, "n_features_in_") and not hasattr(ext, "feature_names_in_")
     assert ext.transform(table[:5, :32].reshape(5, 4, 8)).shape == (5, ext.n_features_out_)
+
+
+def test_one_colour_image_without_its_batch_axis_is_warned_about(extractor, rgb):
+    with pytest.warns(UserWarning, match=r"read as 40 grey images of 48x3 pixels.*pass X\[None\]"):
+        Z = extractor.transform(rgb[0])
+    assert Z.shape == (40, extractor.n_features_out_)
+    close(extractor.transform(rgb[0][None]), extractor.transform(rgb[:1]))

@@ -11,6 +11,7 @@ final embedding, as before.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -23,6 +24,19 @@ from ._layer_outputs import EMBEDDING  # layer_ of an uncut backbone
 
 AUTO = "auto"
 AUTO_MIN_SIDE = 4
+
+
+@contextlib.contextmanager
+def probing(backbone, image_size):
+    """Around a probe forward of one ``image_size`` image at fit: a network that cannot run at that
+    size (a ViT's fixed grid, a map shrunk to nothing) raises a ``ValueError`` that says so."""
+    try:
+        yield
+    except (AssertionError, RuntimeError) as exc:
+        raise ValueError(
+            f"Backbone {backbone.name!r} cannot run on {image_size}x{image_size} images ({type(exc).__name__}: "
+            f"{exc}). Set image_size to a size it accepts; its native size is {backbone.preprocessing.image_size}."
+        ) from exc
 
 
 def stage_outputs(backbone, image_size):
@@ -43,7 +57,8 @@ def stage_outputs(backbone, image_size):
     was_training = backbone.training
     backbone.eval()
     try:
-        found = dict(record(run, taps))
+        with probing(backbone, image_size):
+            found = dict(record(run, taps))
     finally:
         backbone.train(was_training)
     return [found.get(i) for i in range(len(names))], final[0]

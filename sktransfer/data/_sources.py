@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from numbers import Number
 
 import numpy as np
@@ -337,6 +338,8 @@ def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=F
             raise ValueError("Found an empty batch of images (0 samples); pass at least one image.")
         if X.is_complex() or X.dtype == torch.bool:
             X = X.float()
+        elif X.dtype in (torch.uint32, torch.uint64):  # few torch ops take them; numpy's are read the same way
+            X = X.double()
         data = _to_nchw(X, torch_layout=True)
         _check_finite(data)
         return ArraySource(data, pixel_range)
@@ -358,6 +361,10 @@ def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=F
                 f"got shape {X.shape}. Reshape or pass a list of images."
             )
         check_array(X, allow_nd=True, dtype=None, ensure_all_finite=True, input_name="X")
+        if X.ndim == 3 and X.shape[2] in (3, 4) and min(X.shape[:2]) > 4:
+            warnings.warn(
+                f"X of shape {X.shape} is read as {X.shape[0]} grey images of {X.shape[1]}x{X.shape[2]} pixels. "
+                f"For one colour image pass X[None] (shape {(1, *X.shape)}).", UserWarning, stacklevel=3)
         return ArraySource(_to_nchw(X, torch_layout=False), pixel_range)
     # a numeric table: one image per row
     X = validate_data(estimator, X, reset=reset, dtype="numeric", ensure_all_finite=True)
