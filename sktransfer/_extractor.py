@@ -118,7 +118,8 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
         shared by all extractors, keyed by image content plus a digest of the
-        weights and of every setting that changes the output. See
+        network (class, structure, weights) and of every setting that changes
+        the output. See
         :func:`cache_info` and :func:`clear_cache`.
     cache_dir : str or None, default=None
         A folder that also stores embeddings on disk, shared by processes

@@ -3,7 +3,8 @@
 A grid search fits the same extractor settings once per candidate and fold
 (26 times for 5 candidates x 5 folds). For a named backbone, everything ``fit``
 derives from the network (the layers to read, their feature widths, the
-preprocessing in use, the weights' digest that keys the embedding cache)
+preprocessing in use, the digest of the network's class, structure and weights
+that keys the embedding cache)
 depends only on the settings, so the first fit works it out and stores it
 beside the process's kept build of the network
 (:func:`~sktransfer.backbones._loading.kept_named`); later fits read it. Their

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from ._digest import setting_digest
+from .data._preprocessing import Preprocessing
 
 
 class seeded:
@@ -33,27 +35,56 @@ STRUCTURAL = ("backbone", "weights", "layer", "image_size", "pooling", "head_hid
 
 
 def _structure(estimator):
-    return {name: setting_digest(repr(getattr(estimator, name))) for name in STRUCTURAL}
+    """The :data:`STRUCTURAL` parameters as plain values, digested. Networks, estimators and paths
+    given as parameters are not compared (their repr is not stable through pickling and saving)."""
+    return {name: setting_digest(repr(value)) for name in STRUCTURAL
+            if (value := _plain(getattr(estimator, name))) is not _UNCOMPARED}
+
+
+_UNCOMPARED = object()
+
+
+def _plain(value):
+    """``value`` with numpy scalars as Python numbers and sequences as tuples (as saving leaves
+    them); ``_UNCOMPARED`` for anything else but strings, numbers, ``None`` and dicts of those."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = tuple(_plain(v) for v in value)
+        return _UNCOMPARED if _UNCOMPARED in items else items
+    if isinstance(value, Preprocessing):
+        value = dict(vars(value))
+    if isinstance(value, dict):
+        items = tuple(sorted((str(k), _plain(v)) for k, v in value.items()))
+        return _UNCOMPARED if any(v is _UNCOMPARED for _, v in items) else items
+    return _UNCOMPARED
 
 
 @contextlib.contextmanager
 def fit_scope(estimator, fresh):
     """Around a fit's work. A fit that continues a network (``warm_start``, a later ``partial_fit``)
-    first checks that the parameters it was built with are unchanged; a fit that builds a new
-    network (``fresh``) and then fails leaves no ``net_``: the estimator stays unfitted
-    (``predict`` raises ``NotFittedError``; a ``warm_start`` fit starts afresh)."""
-    built = None if fresh else getattr(estimator, "_built_with", None)
-    changed = [name for name, digest in (built or {}).items() if _structure(estimator).get(name) != digest]
-    if changed:
-        raise ValueError(
-            f"{', '.join(changed)} changed since the network was built; a fit that continues it (warm_start=True, "
-            "partial_fit) cannot apply that. Set them back, or fit with warm_start=False to build a new network."
-        )
+    first checks that the parameters it was built with are unchanged. A fit that builds a new
+    network (``fresh``) records them from the start (its checkpoints carry them) and, if it
+    fails, leaves no ``net_``: the estimator stays unfitted (``predict`` raises
+    ``NotFittedError``; a ``warm_start`` fit starts afresh)."""
+    if fresh:
+        estimator._built_with = _structure(estimator)
+    else:
+        built = getattr(estimator, "_built_with", None) or {}  # none: saved before this check existed
+        now = _structure(estimator)
+        changed = [name for name, digest in built.items() if name in now and now[name] != digest]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} changed since the network was built; a fit that continues it "
+                "(warm_start=True, partial_fit) cannot apply that. Set them back, or fit with "
+                "warm_start=False to build a new network."
+            )
     try:
         yield
     except BaseException:
         if fresh:
             estimator.__dict__.pop("net_", None)
+            estimator.__dict__.pop("_built_with", None)
         raise
-    if fresh:
-        estimator._built_with = _structure(estimator)

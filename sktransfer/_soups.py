@@ -248,10 +248,11 @@ def _warn_if_statistics_were_learned(members):
         fix = ("X cannot re-estimate them for members with frozen stages (freeze_depth > 0): score the "
                "soup on held-out images before using it")
     else:
-        fix = "pass the training images as X (fuse(estimators, X=X_train)) to re-estimate them"
+        fix = ("pass the training images to re-estimate them: fuse(estimators, X=X_train), "
+               "greedy_soup(..., batchnorm_X=X_train)")
     warnings.warn(
-        f"estimators {learned} learned their BatchNorm statistics (bn_stats_='update'), and the mean of "
-        f"their statistics does not match the mean of their weights: {fix}. Measured on 600 digits: two "
+        f"{len(learned)} of the fused estimators learned their BatchNorm statistics (bn_stats_='update'), "
+        f"and the mean of their statistics does not match the mean of their weights: {fix}. Measured on 600 digits: two "
         "runs' soup 0.013 below their mean accuracy without X; four runs' soup 0.976 without X, 0.986 "
         "with X (their mean 0.985).",
         UserWarning, stacklevel=3,

@@ -52,7 +52,7 @@ def missing_mask(column, missing_label):
     """Entries of one task column that hold no label (``missing_label``; else, or when it is NaN,
     None or NaN)."""
     if missing_label is not None and not _is_nan(missing_label):
-        return np.asarray(column == missing_label, dtype=bool)
+        return is_missing(column, missing_label)
     if column.dtype.kind == "f":
         return np.isnan(column)
     if column.dtype.kind == "O":
@@ -61,7 +61,17 @@ def missing_mask(column, missing_label):
 
 
 def _is_nan(value):
-    return isinstance(value, float) and value != value  # np.nan and float("nan"); np.float64 too
+    return isinstance(value, (float, np.floating)) and value != value  # float("nan"), np.nan, np.float32("nan")
+
+
+def is_missing(y, missing_label):
+    """``y == missing_label`` element-wise, where a NaN ``missing_label`` matches NaN entries."""
+    y = np.asarray(y)
+    if not _is_nan(missing_label):
+        return np.asarray(y == missing_label, dtype=bool)
+    if y.dtype.kind == "f":
+        return np.isnan(y)
+    return np.vectorize(lambda v: isinstance(v, (float, np.floating)) and v != v, otypes=[bool])(y)
 
 
 def label_columns(y, missing_label):

@@ -23,7 +23,7 @@ from sklearn.model_selection._split import _BaseKFold
 from sklearn.utils import indexable
 from sklearn.utils.validation import _num_samples
 
-from ._targets import target_rows
+from ._targets import is_missing, target_rows
 
 __all__ = ["UnlabelledKFold", "unlabelled_rows"]
 
@@ -33,7 +33,7 @@ def unlabelled_rows(y, missing_label=-1, sample_domain=None):
     y = np.asarray(y)
     mask = np.zeros(len(y), dtype=bool)
     if missing_label is not None:
-        equal = np.asarray(y == missing_label, dtype=bool)
+        equal = is_missing(y, missing_label)
         mask |= equal if equal.ndim == 1 else equal.all(axis=1)
     if sample_domain is not None:
         mask |= target_rows(sample_domain, len(y))

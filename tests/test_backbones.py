@@ -300,5 +300,5 @@ def test_a_module_refuses_a_weights_name_it_would_ignore():
 @pytest.mark.parametrize("Est", [PretrainedFeatureExtractor, FineTuneClassifier])
 def test_a_network_that_cannot_run_at_the_image_size_says_so_at_fit(Est):
     X, y = np.zeros((4, 16, 16)), np.array([0, 1, 0, 1])
-    with pytest.raises(ValueError, match=r"'vit_b_16' cannot run on 32x32 images .*its native size is 224"):
+    with pytest.raises(ValueError, match=r"'vit_b_16' failed on a probe image of 32x32 pixels .*its native size is 224"):
         Est("vit_b_16", weights=None, image_size=32).fit(X, y)

@@ -154,7 +154,7 @@ def test_caller_arrays_are_not_modified(rgb, digits):
         ([object(), object()], TypeError, "file paths, PIL images or arrays"),
         (["/no/such/file.png"], FileNotFoundError, "/no/such/file.png"),
         (np.zeros((3, 0, 5)), ValueError, "0x5 pixels"),
-        ([np.zeros((4, 4)), np.zeros((0, 5))], ValueError, "0x5 pixels"),
+        ([np.zeros((4, 4)), np.zeros((0, 5))], ValueError, r"empty image of shape \(0, 5\)"),
         (torch.zeros(2, 3, 6, 0), ValueError, "6x0 pixels"),
     ],
 )
@@ -189,9 +189,14 @@ def test_wide_grey_files_and_images_keep_their_brightness(extractor, rgb, tmp_pa
         paths.append(str(tmp_path / f"grey{i}.png"))
         Image.fromarray(img).save(paths[-1])  # a 16-bit PNG (mode I;16)
     close(extractor.transform(paths), ref)
-    close(extractor.transform([Image.fromarray(g.astype(np.float32) / 255) for g in grey]), ref)  # mode F
-    with pytest.raises(ValueError, match=r"'F'.*0-1.*Convert it to 8 bits"):
-        extractor.transform([Image.fromarray(grey[0].astype(np.float32))])  # 0-255 in a float image
+    # 32-bit integer and float modes (img.convert("I"), "F"): Pillow's own 0-255, as before
+    close(extractor.transform([Image.fromarray(g).convert("I") for g in grey]), ref)
+    close(extractor.transform([Image.fromarray(g.astype(np.float32)) for g in grey]), ref)  # mode F
+    with pytest.raises(ValueError, match=r"'F' grey image .* 0-255 \(a float image of 0-1 would be all but black\)"):
+        extractor.transform([Image.fromarray(grey[0].astype(np.float32) / 255)])
+    Image.fromarray(wide[0].astype(np.int32)).save(tmp_path / "wide.tif")  # mode I above 255: not clipped
+    with pytest.raises(ValueError, match=r"wide.tif.*'I' grey image has values from .* reads this mode as 0-255"):
+        extractor.transform([str(tmp_path / "wide.tif")])
 
 
 def test_big_endian_arrays_equal_native_ones(extractor, rgb):

@@ -100,7 +100,7 @@ def test_fuse_can_reestimate_batchnorm_statistics_on_images(digits, runs):
     hook.remove()
     inputs = torch.cat(seen)
     torch.testing.assert_close(bn.running_mean.double(), inputs.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
-    with pytest.warns(UserWarning, match=r"pass the training images as X"):
+    with pytest.warns(UserWarning, match=r"re-estimate them: fuse\(estimators, X=X_train\)"):
         averaged = fuse(learned)  # the averaged statistics, which do not match the averaged weights
     assert not torch.allclose(averaged.net_.backbone.model.bn1.running_mean, bn.running_mean)
 

@@ -20,7 +20,7 @@ from .._device import module_device
 from ._backbone import Backbone
 from ._chain import ChainFamily, module_chain
 from ._hooks import record
-from ._layer_outputs import EMBEDDING  # layer_ of an uncut backbone
+from ._layer_outputs import EMBEDDING, first_outputs  # EMBEDDING: layer_ of an uncut backbone
 
 AUTO = "auto"
 AUTO_MIN_SIDE = 4
@@ -28,14 +28,15 @@ AUTO_MIN_SIDE = 4
 
 @contextlib.contextmanager
 def probing(backbone, image_size):
-    """Around a probe forward of one ``image_size`` image at fit: a network that cannot run at that
-    size (a ViT's fixed grid, a map shrunk to nothing) raises a ``ValueError`` that says so."""
+    """Around a probe forward of one ``image_size`` image at fit: a network that fails there (a ViT's
+    fixed grid, a map shrunk to nothing) raises a ``ValueError`` that names the size."""
     try:
         yield
     except (AssertionError, RuntimeError) as exc:
         raise ValueError(
-            f"Backbone {backbone.name!r} cannot run on {image_size}x{image_size} images ({type(exc).__name__}: "
-            f"{exc}). Set image_size to a size it accepts; its native size is {backbone.preprocessing.image_size}."
+            f"Backbone {backbone.name!r} failed on a probe image of {image_size}x{image_size} pixels "
+            f"({type(exc).__name__}: {exc}). If the size is the cause, set image_size to one it accepts; its "
+            f"native size is {backbone.preprocessing.image_size}."
         ) from exc
 
 
@@ -58,7 +59,7 @@ def stage_outputs(backbone, image_size):
     backbone.eval()
     try:
         with probing(backbone, image_size):
-            found = dict(record(run, taps))
+            found = first_outputs(record(run, taps))  # a module called twice: its first output, as transform
     finally:
         backbone.train(was_training)
     return [found.get(i) for i in range(len(names))], final[0]

@@ -76,16 +76,16 @@ def forward_layers(backbone, x, plan, pooling):
 
     # the taps record during the passes the logits and embedding need anyway; a module called more
     # than once gives its first call's output, whichever pass records it
-    seen = _first_outputs(record(whole_outputs, taps))
+    seen = first_outputs(record(whole_outputs, taps))
     missing = {label: module for label, module in taps.items() if label not in seen}
     if missing:
         # one more pass, which stops once every remaining tapped module has run
-        seen.update(_first_outputs(record(lambda: backbone(x), missing, stop_when_done=True)))
+        seen.update(first_outputs(record(lambda: backbone(x), missing, stop_when_done=True)))
     captured.update(seen)
     return torch.cat([pool(captured[label], pooling) for label in labels], dim=1)
 
 
-def _first_outputs(events):
+def first_outputs(events):
     first = {}
     for label, value in events:
         first.setdefault(label, value)

@@ -154,8 +154,9 @@ class DiskCache:
             return None
 
     def put(self, key, value):
-        """Write one embedding; a folder that cannot be written (read-only, full) warns once and is
-        then left alone: the embeddings are computed already, and the memory cache keeps them."""
+        """Write one embedding; a folder that cannot be written (read-only, full) warns once per
+        transform and is then left alone: the embeddings are computed already, and the memory
+        cache keeps them."""
         if self.unwritable:
             return
         path = self._path(key)

@@ -182,16 +182,26 @@ def _pil_to_array(img):
     return np.asarray(img).transpose(2, 0, 1)
 
 
+class WideGreyRangeError(ValueError):
+    """A 16-bit, 32-bit or float grey image whose values its mode's scale cannot read."""
+
+
 def _wide_grey_to_uint8(img):
-    """A 16-bit or 32-bit integer grey image (0-65535) or a float one (0-1) as 8 bits: Pillow's
-    ``convert`` would clip their values to 0-255 (a 16-bit image all but white)."""
+    """A grey image of more than 8 bits as 8 bits, where Pillow's ``convert`` would clip its values
+    to 0-255 silently (a 16-bit image all but white). ``I;16`` modes are read as 0-65535; ``I``
+    (32-bit integers) and ``F`` (floats) as 0-255, Pillow's own scale for them, and values outside
+    it, or a float image all within 0-1 (Pillow would read it all but black), raise."""
     values = np.asarray(img).astype(np.float64)  # either byte order
-    kind, top, scale = ("float", 1.0, "0-1") if img.mode == "F" else ("integer", 65535.0, "0-65535")
-    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= top):
-        raise ValueError(
-            f"A {img.mode!r} (grey, {kind}) image has values from {values.min():g} to {values.max():g}; "
-            f"sktransfer reads such images as {scale}. Convert it to 8 bits, or pass its pixels as a float "
-            "array with pixel_range set."
+    top = 65535.0 if img.mode.startswith("I;16") else 255.0
+    if not values.size:
+        return values.astype(np.uint8)
+    low, high = values.min(), values.max()
+    unit = img.mode == "F" and 0 < high <= 1
+    if not np.isfinite(values).all() or low < 0 or high > top or unit:
+        raise WideGreyRangeError(
+            f"A {img.mode!r} grey image has values from {low:g} to {high:g}; sktransfer reads this mode as 0-{top:g}"
+            f"{' (a float image of 0-1 would be all but black)' if unit else ''}. Convert it to 8 bits (mode 'L'), "
+            "or pass its pixels as a float array with pixel_range set."
         )
     return np.round(values * (255.0 / top)).astype(np.uint8)
 
@@ -211,6 +221,8 @@ def _read_image(path, draft_side=None):
                 img.draft(img.mode, (draft_side, draft_side))
             img.load()
             return _pil_to_array(img)
+    except WideGreyRangeError as exc:
+        raise WideGreyRangeError(f"Image file {path!r}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(
             f"Could not decode image file {path!r} ({type(exc).__name__}: {exc}). "
@@ -306,7 +318,8 @@ def _items_source(items, pixel_range):
                 raise ValueError(
                     f"Each image in a list must be (H, W) or (H, W, C), got shape {tuple(it.shape)}."
                 )
-            _check_not_empty(it.shape[1:] if isinstance(it, torch.Tensor) and it.ndim == 3 else it.shape[:2])
+            if 0 in it.shape:
+                raise ValueError(f"Found an empty image of shape {tuple(it.shape)}; every image needs pixels.")
             _check_finite(it)
             kinds.add("array")
         else:
@@ -338,8 +351,8 @@ def as_images(X, estimator, *, input_shape=None, pixel_range=(0.0, 1.0), reset=F
             raise ValueError("Found an empty batch of images (0 samples); pass at least one image.")
         if X.is_complex() or X.dtype == torch.bool:
             X = X.float()
-        elif X.dtype in (torch.uint32, torch.uint64):  # few torch ops take them; numpy's are read the same way
-            X = X.double()
+        elif str(X.dtype) in ("torch.uint32", "torch.uint64"):  # torch >= 2.3; few ops take them
+            X = X.double()  # read as numpy's are
         data = _to_nchw(X, torch_layout=True)
         _check_finite(data)
         return ArraySource(data, pixel_range)
