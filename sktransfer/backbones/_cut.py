@@ -20,7 +20,10 @@ from .._device import module_device
 from ._backbone import Backbone
 from ._chain import ChainFamily, module_chain
 from ._hooks import record
-from ._layer_outputs import EMBEDDING, first_outputs  # EMBEDDING: layer_ of an uncut backbone
+from ._layer_outputs import (  # EMBEDDING: layer_ of an uncut backbone
+    EMBEDDING,
+    first_outputs,
+)
 
 AUTO = "auto"
 AUTO_MIN_SIDE = 4
