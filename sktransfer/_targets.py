@@ -71,7 +71,7 @@ def is_missing(y, missing_label):
         return np.asarray(y == missing_label, dtype=bool)
     if y.dtype.kind == "f":
         return np.isnan(y)
-    return np.vectorize(lambda v: isinstance(v, (float, np.floating)) and v != v, otypes=[bool])(y)
+    return np.vectorize(_is_nan, otypes=[bool])(y)
 
 
 def label_columns(y, missing_label):
