@@ -107,7 +107,7 @@ def main():
                 # derived nothing from it yet: the first extractor works out its layers and traces
                 _loading._BUILT.clear()
                 load_backbone("efficientnet_lite0")
-                label = "optimize=True (traced, frozen)" if optimize else "optimize=False (eager)"
+                label = "optimize=True (traced, frozen, oneDNN fusion)" if optimize else "optimize=False (eager)"
                 # the whole path a user runs: fit, then the first transform (which builds the
                 # traced module when optimize=True), then later transforms of the fitted extractor
                 Z, first = _fit_and_first_transform(X, optimize)

@@ -292,14 +292,14 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
     def _run(self, source, bar=None):
         device = resolve_device(self.device)
         _network_on(self, device)
+        batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
         runner = None
         if _wants_optimized(self.optimize, device, len(source), built="_optimized" in self.__dict__):
-            runner = _optimized_runner(self)
+            runner = _optimized_runner(self, batch_size)
         if runner is None:
             def runner(x):
                 return forward_layers(self.backbone_, x, self.layers_, self.pooling_)
 
-        batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
         return extract(
             runner, source, self.preprocessing_, device, batch_size, channels_last=True, progress=bar,
             num_workers=_num_workers(self, source, batch_size),
@@ -381,10 +381,10 @@ def _network_on(extractor, device):
         extractor.backbone_.to(device)
 
 
-def _optimized_runner(extractor):
+def _optimized_runner(extractor, batch_size):
     """The traced module (a CheckedTrace), made once per fit (never pickled); ``None`` if it cannot be."""
     if not hasattr(extractor, "_optimized"):
-        extractor._optimized = traced_runner(extractor)
+        extractor._optimized = traced_runner(extractor, batch_size)
     return extractor._optimized
 
 

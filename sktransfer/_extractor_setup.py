@@ -209,8 +209,9 @@ def trace_key(extractor):
     return tuple(extractor.layers_), extractor.pooling_, extractor.preprocessing_.image_size
 
 
-def traced_runner(extractor):
-    """A :class:`CheckedTrace` for a fitted extractor, ``None`` if its plan cannot be traced.
+def traced_runner(extractor, batch_size):
+    """A :class:`CheckedTrace` for a fitted extractor running batches of ``batch_size``,
+    ``None`` if its plan cannot be traced.
 
     Its module comes from the kept build's :class:`SharedTraces` when the
     network is a copy of one (traced from this extractor's network the first
@@ -226,4 +227,4 @@ def traced_runner(extractor):
     entry = build() if lazy.traces is None else lazy.traces.entry(trace_key(extractor), build)
     if entry is None:
         return None
-    return CheckedTrace(entry, lambda x: forward_layers(lazy.get(), x, layers, pooling))
+    return CheckedTrace(entry, lambda x: forward_layers(lazy.get(), x, layers, pooling), batch_size)

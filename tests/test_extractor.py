@@ -187,7 +187,7 @@ def test_auto_builds_the_traced_module_for_large_transforms_then_uses_it_for_any
     traced = ext._optimized.traced
     monkeypatch.setattr(ext._optimized.entry, "module", lambda x: calls.append(len(x)) or traced(x))
     np.testing.assert_allclose(ext.transform(X), small, rtol=1e-4, atol=1e-5)
-    assert calls == [3]  # the built module runs the small transform too
+    assert calls == [64]  # the built module runs the small transform too, padded to the batch (64 at 32 px)
 
 
 def test_optimization_falls_back_to_eager_when_tracing_fails(X, monkeypatch, fresh_builds):
@@ -215,7 +215,7 @@ def test_a_traced_module_that_disagrees_is_dropped_on_its_first_batch(X, monkeyp
     np.testing.assert_allclose(Z, eager, rtol=1e-5, atol=1e-6)
 
 
-def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(X, monkeypatch, fresh_builds):
+def test_a_trace_that_baked_in_its_batch_size_is_caught_at_the_first_other_size(X, monkeypatch, fresh_builds):
     import sktransfer.backbones._layer_outputs as mod
 
     real = mod.torch.jit.freeze
@@ -225,12 +225,40 @@ def test_a_trace_that_baked_in_its_batch_size_is_caught_on_the_first_other_size(
         return lambda x: module(x) if x.shape[0] == mod.TRACE_BATCH else -module(x)
 
     monkeypatch.setattr(mod.torch.jit, "freeze", frozen_for_two)
-    ext = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True).fit(X)
-    eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X)
-    np.testing.assert_allclose(ext.transform(X[:2]), eager.transform(X[:2]), rtol=1e-4, atol=1e-5)
-    assert ext._optimized.traced is not None  # right at the traced size
-    np.testing.assert_allclose(ext.transform(X[:3]), eager.transform(X[:3]), rtol=1e-4, atol=1e-5)
-    assert ext._optimized.traced is None  # caught on the first batch of another size
+    eager = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=False).fit(X).transform(X)
+    # batches of two (the third image padded to two): right at the traced size, kept
+    two = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True, batch_size=2).fit(X)
+    np.testing.assert_allclose(two.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert two._optimized.traced is not None
+    # another extractor of the setting runs batches of four: caught on its first, eager from then on
+    four = PretrainedFeatureExtractor(cache=False, image_size=32, optimize=True, batch_size=4).fit(X)
+    np.testing.assert_allclose(four.transform(X), eager, rtol=1e-4, atol=1e-5)
+    assert four._optimized.entry is two._optimized.entry
+    assert four._optimized.traced is None and two._optimized.traced is None
+
+
+def test_traced_embeddings_do_not_depend_on_the_batch_they_come_in(X, fresh_builds):
+    """Padded to one batch size and always from the compiled graph (the profiling run thrown away):
+    equal to the bit, however the images are split and whichever call computes them."""
+    ext = PretrainedFeatureExtractor(cache=False, image_size=64, layer=None, optimize=True).fit(X)
+    whole = ext.transform(X)
+    np.testing.assert_array_equal(ext.transform(X), whole)
+    parts = np.concatenate([ext.transform(X[:1]), ext.transform(X[1:])])
+    np.testing.assert_array_equal(parts, whole)
+    np.testing.assert_array_equal(ext.transform(X[::-1]), whole[::-1])
+    assert ext._optimized.traced is not None and ext._optimized.entry.checked == {64}  # "auto" at 64 px
+    assert not torch._C._jit_llga_enabled()  # TorchScript's global fusion switch is put back
+
+
+def test_rows_of_zeros_pass_the_traced_modules_check(X, fresh_builds):
+    """At 32 px Lite0's last map is 1x1 and its ReLU zeroes two of the photographs' embeddings:
+    no cosine, but the traced module is right and is kept."""
+    ext = PretrainedFeatureExtractor(cache=False, image_size=32, layer=None, optimize=True).fit(X)
+    Z = ext.transform(X)
+    assert (np.abs(Z).max(1) == 0).sum() >= 1
+    assert ext._optimized.traced is not None
+    eager = PretrainedFeatureExtractor(cache=False, image_size=32, layer=None, optimize=False).fit(X)
+    np.testing.assert_allclose(Z, eager.transform(X), rtol=1e-4, atol=1e-5)
 
 
 def test_extractors_of_a_process_share_one_traced_module_per_setting(X, monkeypatch, fresh_builds):
