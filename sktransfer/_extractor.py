@@ -107,16 +107,14 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         are never sent to workers.
     optimize : "auto", bool, default="auto"
         On the CPU, run a traced and frozen copy of the network (one graph,
-        BatchNorm folded into convolutions, compiled into fused oneDNN
-        kernels; embeddings equal the eager ones to cosine >= 0.9999, checked
-        on the first batch of each size it runs, with a fall back to eager
-        execution otherwise). Every batch runs at ``batch_size`` (a short one
-        padded), so an image's embedding does not depend on how the images
-        were split. Building it takes about 0.1 s and compiling its batch size
-        about 0.1-0.2 s (Lite0); extractors of a process with the same named
-        backbone and setting share one. ``"auto"`` uses it for a transform of
-        128 images or more, then for any; ``True`` always, ``False`` never.
-        GPUs always run eagerly with bf16 autocast.
+        BatchNorm folded, compiled into fused oneDNN kernels; embeddings equal
+        the eager ones to cosine >= 0.9999, checked on the first batch of each
+        size, with a fall back to eager execution). Every batch runs at
+        ``batch_size`` (a short one padded), so embeddings do not depend on how
+        images are split. Building and compiling take about 0.3 s once (Lite0);
+        extractors of a process with the same backbone and setting share one.
+        ``"auto"``: for a transform of 128 images or more, then for any;
+        ``True`` always, ``False`` never. GPUs run eagerly with bf16 autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
@@ -388,6 +386,9 @@ def _optimized_runner(extractor, batch_size):
     """The traced module (a CheckedTrace), made once per fit (never pickled); ``None`` if it cannot be."""
     if not hasattr(extractor, "_optimized"):
         extractor._optimized = traced_runner(extractor, batch_size)
+    elif extractor._optimized is not None and extractor._optimized.batch_size != batch_size:
+        # batch_size set since: the same shared module, padded to the new size
+        extractor._optimized = extractor._optimized.at_batch_size(batch_size)
     return extractor._optimized
 
 

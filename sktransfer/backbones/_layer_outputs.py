@@ -165,7 +165,9 @@ class _FusionSwitch:
     partitions on a shape's second call, and runs those from then on, whatever
     the switch says later: Lite0 at 224 px took 0.58-0.60 s for 192 images
     against 1.10-1.22 s for the frozen graph run without it and 1.93-2.0 s
-    eagerly (docs/benchmarks.md).
+    eagerly (docs/benchmarks.md). The switch is the process's: while an
+    extractor's traced module runs, other TorchScript code compiled in the
+    process gets the fusion too, and a value set meanwhile is put back.
     """
 
     def __init__(self):
@@ -223,6 +225,12 @@ class CheckedTrace:
         self.tolerance = tolerance
         self.raised = False  # the module raised here: eager for this extractor only
 
+    def at_batch_size(self, batch_size):
+        """The same shared module, run at ``batch_size`` (an extractor whose ``batch_size`` was set)."""
+        other = CheckedTrace(self.entry, self.eager, batch_size, self.tolerance)
+        other.raised = self.raised
+        return other
+
     @property
     def traced(self):
         """The optimized module, or ``None`` once it failed a check or raised."""
@@ -252,7 +260,8 @@ class CheckedTrace:
                 else:
                     with warnings.catch_warnings():  # first runs only: not thread-safe, and may warn
                         warnings.simplefilter("ignore")
-                        module(padded)  # the profiling run
+                        for _ in range(_profiling_runs()):
+                            module(padded)  # the profiling executor's runs, which compile nothing yet
                         out = module(padded)
         except Exception:  # may be this call's own trouble (memory...): the others keep the module
             self.raised = True
@@ -267,6 +276,12 @@ class CheckedTrace:
             entry.width = expected.shape[1]
             entry.checked.add(size)
         return out
+
+
+def _profiling_runs():
+    """How many calls of a new shape the profiling executor profiles before it compiles (1 by default)."""
+    get = getattr(torch._C, "_jit_get_num_profiled_runs", None)
+    return get() if get is not None else 1
 
 
 def _padded(x, batch_size):
