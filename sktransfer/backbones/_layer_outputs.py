@@ -207,8 +207,8 @@ class CheckedTrace:
     an image's embedding does not depend on the batch it came in (each shape
     has kernels of its own). A shape's first call is the executor's profiling
     run, whose output differs from the compiled one's in the 6th digit: it runs
-    once on the first batch and is thrown away, so that every embedding comes
-    from the compiled graph.
+    on the first batch and is thrown away, so that every embedding comes from
+    the compiled graph.
 
     The first batch of each size the module runs must match the eager
     embeddings of its first two images (cosine >= ``tolerance`` each; a graph
