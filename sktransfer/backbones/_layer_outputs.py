@@ -177,14 +177,10 @@ class _FusionSwitch:
 
     @contextlib.contextmanager
     def __call__(self):
-        switch = getattr(torch.jit, "enable_onednn_fusion", None)
-        if switch is None:  # a torch without the switch: the executor's own optimizations
-            yield
-            return
         with self._lock:
             if self._inside == 0:
                 self._before = torch._C._jit_llga_enabled()
-                switch(True)
+                torch.jit.enable_onednn_fusion(True)
             self._inside += 1
         try:
             yield
@@ -192,7 +188,7 @@ class _FusionSwitch:
             with self._lock:
                 self._inside -= 1
                 if self._inside == 0:
-                    switch(self._before)
+                    torch.jit.enable_onednn_fusion(self._before)
 
 
 onednn_fusion = _FusionSwitch()
@@ -260,8 +256,9 @@ class CheckedTrace:
                 else:
                     with warnings.catch_warnings():  # first runs only: not thread-safe, and may warn
                         warnings.simplefilter("ignore")
-                        for _ in range(_profiling_runs()):
-                            module(padded)  # the profiling executor's runs, which compile nothing yet
+                        # the profiling executor's runs (1 unless set otherwise), which compile nothing yet
+                        for _ in range(torch._C._jit_get_num_profiled_runs()):
+                            module(padded)
                         out = module(padded)
         except Exception:  # may be this call's own trouble (memory...): the others keep the module
             self.raised = True
@@ -276,12 +273,6 @@ class CheckedTrace:
             entry.width = expected.shape[1]
             entry.checked.add(size)
         return out
-
-
-def _profiling_runs():
-    """How many calls of a new shape the profiling executor profiles before it compiles (1 by default)."""
-    get = getattr(torch._C, "_jit_get_num_profiled_runs", None)
-    return get() if get is not None else 1
 
 
 def _padded(x, batch_size):
