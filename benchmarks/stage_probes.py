@@ -1,0 +1,91 @@
+"""Frozen features of several stages at once: logistic regression on their concatenation.
+
+``layer="auto"`` picks one stage (the deepest whose map is at least 4 pixels on a side: stage 5 at
+64 px, stage 3 at 32 px). This script scores StandardScaler + LogisticRegression on the pooled
+features of the stages around it, concatenated (``PretrainedFeatureExtractor(layer=[...])``), beside
+issue 14's bar: the best of LogisticRegression on raw pixels and on ``layer="auto"`` and
+``"stage5"``. Offsets are relative to the auto stage ``a``: ``a-2..a+1`` at 64 px is
+``["stage3", "stage4", "stage5", "stage6"]``.
+
+Same image sets, test sets and stratified draws as ``few_shot.py`` (3 draws of n = 20, 50, 100; the
+faces n = 20 and 50), averaged over ``--faces-splits`` test splits of the faces and
+``--other-splits`` of the other sets. Usage::
+
+    python benchmarks/stage_probes.py [--faces-splits 0 ... 9] [--other-splits 0 1] [--sizes 32 64]
+"""
+
+import argparse
+import time
+
+import numpy as np
+from _common import machine
+from _datasets import SETS
+from few_shot import TEST, as_unit, draws
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sktransfer import PretrainedFeatureExtractor, load_backbone
+from sktransfer.backbones._cut import auto_stage
+
+SPANS = {"a-2..a": (-2, 0), "a-1..a+1": (-1, 1), "a-2..a+1": (-2, 1), "a-2..a+2": (-2, 2)}
+
+
+def stage_blocks(X_pool, X_test, size, stages):
+    """Per stage index: (pool features, test features), from one extractor over all ``stages``."""
+    ext = PretrainedFeatureExtractor(image_size=size, layer=[f"stage{k}" for k in stages]).fit(X_pool)
+    edges = np.cumsum([0] + ext.layer_widths_)
+    Fp, Ft = ext.transform(X_pool), ext.transform(X_test)
+    return {k: (Fp[:, a:b], Ft[:, a:b]) for k, a, b in zip(stages, edges[:-1], edges[1:])}
+
+
+def scores(name, size, split, a):
+    """Per n, per draw: raw-pixel LR, LR on stage ``a`` and on stage 5, then LR on each span."""
+    X, y = SETS[name]()
+    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=split)
+    blocks = stage_blocks(Xp, Xt, size, sorted({5, *range(a - 2, min(a + 3, 8))}))
+    flat = lambda z: as_unit(z).reshape(len(z), -1)
+    lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    out = {}
+    for n in (20, 50) if name == "faces" else (20, 50, 100):
+        rows = []
+        for i in draws(yp, n, 3, n):
+            row = [LogisticRegression(max_iter=1000).fit(flat(Xp[i]), yp[i]).score(flat(Xt), yt)]
+            row += [lr().fit(blocks[k][0][i], yp[i]).score(blocks[k][1], yt) for k in (a, 5)]
+            for lo, hi in SPANS.values():
+                ks = range(a + lo, min(a + hi, 7) + 1)
+                fp, ft = np.hstack([blocks[k][0] for k in ks]), np.hstack([blocks[k][1] for k in ks])
+                row.append(lr().fit(fp[i], yp[i]).score(ft, yt))
+            rows.append(row)
+        out[n] = rows
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--faces-splits", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--other-splits", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
+    args = parser.parse_args()
+    backbone = load_backbone("efficientnet_lite0")
+    print(f"Machine: {machine()}\n")
+    print("| set | px | n | bar | raw pixels | auto | stage5 | " + " | ".join(SPANS) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * (3 + len(SPANS)))
+    start = time.perf_counter()
+    for size in args.sizes:
+        a = auto_stage(backbone, size)
+        for name in SETS:
+            splits = args.faces_splits if name == "faces" else args.other_splits
+            per_split = [scores(name, size, split, a) for split in splits]
+            for n in per_split[0]:
+                mean = np.mean([row for s in per_split for row in s[n]], 0)
+                bar = mean[:3].max()
+                cells = [f"{v:.3f}" + ("" if v >= bar - 1e-9 else " (below)") for v in mean[3:]]
+                print(f"| {name} | {size} | {n} | {bar:.3f} | " + " | ".join(f"{v:.3f}" for v in mean[:3])
+                      + " | " + " | ".join(cells) + " |", flush=True)
+    print(f"\n{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
