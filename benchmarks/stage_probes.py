@@ -26,8 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sktransfer import PretrainedFeatureExtractor, load_backbone
-from sktransfer.backbones._cut import auto_stage
+from sktransfer import PretrainedFeatureExtractor
 
 SPANS = {"a-2..a": (-2, 0), "a-1..a+1": (-1, 1), "a-2..a+1": (-2, 1), "a-2..a+2": (-2, 2)}
 
@@ -68,13 +67,13 @@ def main():
     parser.add_argument("--other-splits", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
     args = parser.parse_args()
-    backbone = load_backbone("efficientnet_lite0")
     print(f"Machine: {machine()}\n")
     print("| set | px | n | bar | raw pixels | auto | stage5 | " + " | ".join(SPANS) + " |")
     print("|---|---:|---:|---:|" + "---:|" * (3 + len(SPANS)))
     start = time.perf_counter()
     for size in args.sizes:
-        a = auto_stage(backbone, size)
+        # the stage layer="auto" picks at this size: "stage5" -> 5
+        a = int(PretrainedFeatureExtractor(image_size=size).fit(SETS["digits"]()[0][:2]).layers_[0][0][5:])
         for name in SETS:
             splits = args.faces_splits if name == "faces" else args.other_splits
             per_split = [scores(name, size, split, a) for split in splits]
