@@ -14,16 +14,14 @@ import time
 
 import numpy as np
 from _common import machine
-from _datasets import SETS
-from few_shot import TEST
+from few_shot import pool_and_test
 from sklearn.model_selection import train_test_split
 
 from sktransfer import FineTuneClassifier
 
 
 def split(name, n, seed):
-    X, y = SETS[name]()
-    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=0)
+    Xp, Xt, yp, yt = pool_and_test(name)
     idx = train_test_split(np.arange(len(yp)), train_size=n, stratify=yp, random_state=seed)[0]
     return Xp[idx], yp[idx], Xt, yt
 

@@ -16,9 +16,7 @@ import time
 
 import numpy as np
 from _common import machine
-from _datasets import SETS
-from few_shot import TEST, draws
-from sklearn.model_selection import train_test_split
+from few_shot import draws, pool_and_test
 
 from sktransfer import FineTuneClassifier
 
@@ -28,8 +26,7 @@ CELLS = ("photo_crops:32:500", "photo_crops:32", "digits:32:500", "photo_crops:6
 
 def cell_data(spec):
     name, size, *n = spec.split(":")
-    X, y = SETS[name]()
-    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=0)
+    Xp, Xt, yp, yt = pool_and_test(name)
     i = draws(yp, int(n[0]) if n else None, 1, 0)[0]
     return name, int(size), Xp[i], yp[i], Xt, yt
 

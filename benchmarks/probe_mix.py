@@ -27,11 +27,7 @@ import time
 import numpy as np
 from _common import machine
 from _datasets import SETS
-from few_shot import TEST, as_unit, draws
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from few_shot import baseline_scores, draws, pool_and_test
 
 from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor
 
@@ -53,21 +49,16 @@ def members_proba(clf, X):
 def cell_scores(name, size, split, ns, random_state, members):
     """Per n: the three logistic regressions' and, per weight (then, with ``members > 1``, for the
     ensemble alone and with the probe), the mean test accuracy over 3 draws."""
-    X, y = SETS[name]()
-    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=split)
+    Xp, Xt, yp, yt = pool_and_test(name, split)
     embeddings = {}
     for layer in ("auto", "stage5"):
         ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
         embeddings[layer] = ext.transform(Xp), ext.transform(Xt)
-    flat = lambda a: as_unit(a).reshape(len(a), -1)
     out = {}
     for n in ns:
         bars, mixes = [], []
         for i in draws(yp, n, 3, n):
-            lr = [LogisticRegression(max_iter=1000).fit(flat(Xp[i]), yp[i]).score(flat(Xt), yt)]
-            lr += [make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(Fp[i], yp[i]).score(Ft, yt)
-                   for Fp, Ft in embeddings.values()]
-            bars.append(lr)
+            bars.append(baseline_scores(Xp, Xt, yp, yt, i, embeddings.values()))
             fits = [members_proba(FineTuneClassifier(image_size=size, random_state=random_state + j)
                                   .fit(Xp[i], yp[i]), Xt) for j in range(members)]
             (fine_tuned, probe), truth = fits[0], np.searchsorted(np.unique(yp[i]), yt)

@@ -20,11 +20,7 @@ import time
 import numpy as np
 from _common import machine
 from _datasets import SETS
-from few_shot import TEST, as_unit, draws
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from few_shot import baseline_scores, draws, pool_and_test
 
 from sktransfer import PretrainedFeatureExtractor
 
@@ -41,24 +37,12 @@ def stage_blocks(X_pool, X_test, size, stages):
 
 def scores(name, size, split, a):
     """Per n, per draw: raw-pixel LR, LR on stage ``a`` and on stage 5, then LR on each span."""
-    X, y = SETS[name]()
-    Xp, Xt, yp, yt = train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=split)
+    Xp, Xt, yp, yt = pool_and_test(name, split)
     blocks = stage_blocks(Xp, Xt, size, sorted({5, *range(a - 2, min(a + 3, 8))}))
-    flat = lambda z: as_unit(z).reshape(len(z), -1)
-    lr = lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    out = {}
-    for n in (20, 50) if name == "faces" else (20, 50, 100):
-        rows = []
-        for i in draws(yp, n, 3, n):
-            row = [LogisticRegression(max_iter=1000).fit(flat(Xp[i]), yp[i]).score(flat(Xt), yt)]
-            row += [lr().fit(blocks[k][0][i], yp[i]).score(blocks[k][1], yt) for k in (a, 5)]
-            for lo, hi in SPANS.values():
-                ks = range(a + lo, min(a + hi, 7) + 1)
-                fp, ft = np.hstack([blocks[k][0] for k in ks]), np.hstack([blocks[k][1] for k in ks])
-                row.append(lr().fit(fp[i], yp[i]).score(ft, yt))
-            rows.append(row)
-        out[n] = rows
-    return out
+    spans = [[blocks[k] for k in range(a + lo, min(a + hi, 7) + 1)] for lo, hi in SPANS.values()]
+    features = [blocks[a], blocks[5]] + [(np.hstack([p for p, _ in s]), np.hstack([t for _, t in s])) for s in spans]
+    return {n: [baseline_scores(Xp, Xt, yp, yt, i, features) for i in draws(yp, n, 3, n)]
+            for n in ((20, 50) if name == "faces" else (20, 50, 100))}
 
 
 def main():
