@@ -7,7 +7,8 @@ stratified held-out test set:
 * LogisticRegression on raw pixels (scaled to [0, 1]);
 * StandardScaler + LogisticRegression on frozen Lite0 embeddings, for the last feature map
   (``layer=None``, the extractor's old default), ``"stage5"`` and ``layer="auto"`` (the default);
-* ``FineTuneClassifier(image_size=..., random_state=0)``: nothing else set;
+* ``FineTuneClassifier(image_size=..., random_state=0)``: nothing else set (``--random-state``
+  changes this seed only: the draws, the logistic regressions, ``head_hidden`` and skorch stay);
 * ``FineTuneClassifier(image_size=..., head_hidden=(1024,), random_state=0)`` (a hidden layer in
   the new head), for n <= ``--hidden-max-n``;
 * skorch ``NeuralNetClassifier`` on the same Lite0 network (whole backbone, AdamW lr 1e-3, batch
@@ -15,11 +16,13 @@ stratified held-out test set:
 
 Training sets of n <= ``--repeat-max-n`` images are averaged over ``--repeats`` stratified draws.
 ``--test-splits K`` repeats everything over K held-out test sets (stratified splits with seeds
-0 ... K-1; the default, 1, is the one fixed split) and reports the means: for small sets such as
-the faces, whose test set has 80 images, one split decides rows by one or two images. Usage::
+F ... F+K-1, F from ``--first-split``; the default, 1 from 0, is the one fixed split) and reports
+the means: for small sets such as the faces, whose test set has 80 images, one split decides rows
+by one or two images. ``--min-n`` and ``--max-n`` keep the rows of n in that range. Usage::
 
     python benchmarks/few_shot.py [--sets digits photo_crops faces] [--sizes 32 64]
-        [--repeats 3] [--test-splits 1] [--min-n 0] [--figure docs/figures/few_shot.png]
+        [--repeats 3] [--test-splits 1] [--first-split 0] [--random-state 0] [--min-n 0]
+        [--max-n N] [--figure docs/figures/few_shot.png]
 """
 
 import argparse
@@ -97,14 +100,15 @@ def skorch_fit_score(Xtr, ytr, Xte, yte, size, n_classes, epochs=10):
     return float((net.predict(ready(Xte)) == yte).mean())
 
 
-def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0, min_n=0):
+def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0, min_n=0, max_n=None,
+          random_state=0):
     Xp, Xt, yp, yt = pool_and_test(name, split)
     embeddings = {}
     for label, layer in FROZEN_LAYERS.items():
         ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
         embeddings[label] = (ext.transform(Xp), ext.transform(Xt), ext.layers_[0][0])
     rows = []
-    for n in [n for n in SIZES[name] if n is None or n >= min_n]:
+    for n in [n for n in SIZES[name] if (n is None or n >= min_n) and (max_n is None or (n or len(yp)) <= max_n)]:
         idxs = draws(yp, n, repeats, repeat_max_n)
         row = {"n": len(idxs[0]), "draws": len(idxs)}
         features = [(Fp, Ft) for Fp, Ft, _ in embeddings.values()]
@@ -115,7 +119,7 @@ def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0
         scores, seconds = [], []
         for i in idxs:
             start = time.perf_counter()
-            clf = FineTuneClassifier(image_size=size, random_state=0).fit(Xp[i], yp[i])
+            clf = FineTuneClassifier(image_size=size, random_state=random_state).fit(Xp[i], yp[i])
             seconds.append(time.perf_counter() - start)
             scores.append(clf.score(Xt, yt))
         row["FineTuneClassifier (defaults)"] = np.mean(scores)
@@ -204,7 +208,10 @@ def main():
     parser.add_argument("--skorch-max-n", type=int, default=200)
     parser.add_argument("--hidden-max-n", type=int, default=100, help="head_hidden=(1024,) up to this n")
     parser.add_argument("--min-n", type=int, default=0, help="only the rows of n >= this (and the whole pool)")
+    parser.add_argument("--max-n", type=int, default=None, help="only the rows of n <= this")
     parser.add_argument("--test-splits", type=int, default=1, help="average over this many test sets")
+    parser.add_argument("--first-split", type=int, default=0, help="the first test set's seed")
+    parser.add_argument("--random-state", type=int, default=0, help="the default FineTuneClassifier's random_state")
     parser.add_argument("--figure", default=None)
     args = parser.parse_args()
     print(f"Machine: {machine()}")
@@ -212,7 +219,8 @@ def main():
     for name in args.sets:
         for size in args.sizes:
             splits = [curve(name, size, args.repeats, args.repeat_max_n, args.skorch_max_n, args.hidden_max_n,
-                            split, args.min_n) for split in range(args.test_splits)]
+                            split, args.min_n, args.max_n, args.random_state)
+                      for split in range(args.first_split, args.first_split + args.test_splits)]
             rows, auto_layer, n_test = mean_over_splits(splits)
             table(name, size, rows, auto_layer, n_test)
             results[(name, size)] = rows

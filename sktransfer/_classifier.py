@@ -14,6 +14,7 @@ from ._distillation import DISTILLATION_CONSTRAINTS
 from ._docstrings import fill_docstring
 from ._domain import ADAPTATION_CONSTRAINTS
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
+from ._mixing import MixupMixin
 from ._probe_ensemble import ProbeEnsembleMixin
 from ._targets import (
     check_class_counts,
@@ -37,6 +38,7 @@ CLASSIFIER_CONSTRAINTS = {
     **ADAPTATION_CONSTRAINTS,
     **DISTILLATION_CONSTRAINTS,
     "probe_ensemble": [StrOptions({"auto"}), "boolean"],
+    "mixup": [StrOptions({"auto"}), Number(Real, 0, None, closed="left")],
 }
 
 
@@ -44,7 +46,7 @@ def _single_task(estimator):
     return getattr(estimator, "n_outputs_", 1) == 1
 
 
-class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
+class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFineTune):
     """Fine-tune a pretrained CNN end to end behind the scikit-learn classifier API.
 
     The network is the pretrained backbone (its own classifier dropped), a
@@ -58,18 +60,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
 %(shared_parameters)s%(classifier_parameters)s
     Attributes
     ----------
-    classes_ : ndarray or list of ndarray
-        Class labels; one array per task when ``y`` has several columns.
-    n_outputs_ : int
-        Number of tasks (columns of ``y``).
-    net_ : TransferNet
-        The trained network (backbone, pooling, dropout, head).
-    history_ : list of dict
-        Per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_loss``,
-        ``valid_score``, ``lr``, ``seconds``.
-    probe_net_ : TransferNet or None
-        The network fine-tuning started from, averaged in predictions (see ``probe_ensemble``).
-%(fitted_attributes)s
+%(classifier_attributes)s%(fitted_attributes)s
     See Also
     --------
     PretrainedFeatureExtractor : frozen embeddings for any sklearn model.
@@ -140,6 +131,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         distill_temperature=4.0,
         distill_weight=0.5,
         probe_ensemble="auto",
+        mixup="auto",
     ):
         super().__init__(
             backbone=backbone, weights=weights, freeze_depth=freeze_depth, reg_lambda=reg_lambda,
@@ -163,6 +155,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
         self.probe_ensemble = probe_ensemble
+        self.mixup = mixup
 
     # ------------------------------------------------------------ target hooks
     def _set_classes(self, classes_per_task):
@@ -228,6 +221,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         self : FineTuneClassifier
         """
         self._check_probe_ensemble()
+        self._check_mixup()
         return self._fit(X, y, sample_weight, sample_domain)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -247,6 +241,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, BaseFineTune):
         -------
         self : FineTuneClassifier
         """
+        self._check_mixup()
         if hasattr(self, "net_"):
             check_same_classes(classes, self._classes_list())
 

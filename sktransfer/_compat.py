@@ -19,7 +19,7 @@ import sys
 EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update",
                      "head_hidden": None}
 EARLIER_CLASSIFIER = {"adaptation": None, "adaptation_weight": 1.0, "teacher": None, "distill_temperature": 4.0,
-                      "distill_weight": 0.5, "probe_ensemble": False}
+                      "distill_weight": 0.5, "probe_ensemble": False, "mixup": 0.0}
 EARLIER_FITTED = {"layer_": "embedding", "bn_stats_": "update"}
 
 # module of 0.1 -> where its picklable classes live now
@@ -43,6 +43,7 @@ def earlier_finetune_state(state):
     if "net_" in state:
         if "missing_label" in state:
             state.setdefault("probe_net_", None)
+            state.setdefault("mixup_", 0.0)
         for name, value in EARLIER_FITTED.items():
             state.setdefault(name, value)
         state.setdefault("head_init_", state["head_init"])  # before "auto", the setting itself

@@ -204,6 +204,21 @@ FITTED_ATTRIBUTES = """    n_epochs_ : int
 """
 
 
+CLASSIFIER_ATTRIBUTES = """    classes_ : ndarray or list of ndarray
+        Class labels; one array per task when ``y`` has several columns.
+    n_outputs_ : int
+        Number of tasks (columns of ``y``).
+    net_ : TransferNet
+        The trained network (backbone, pooling, dropout, head).
+    history_ : list of dict
+        Per epoch: ``epoch``, ``phase``, ``train_loss``, ``valid_loss``,
+        ``valid_score``, ``lr``, ``seconds``.
+    probe_net_ : TransferNet or None
+        The network fine-tuning started from, averaged in predictions (see ``probe_ensemble``).
+    mixup_ : float
+        Mixup's Beta parameter used in training (0: none; see ``mixup``).
+"""
+
 CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         Cross-entropy label smoothing.
     class_weight : dict, "balanced" or None, default=None
@@ -293,6 +308,24 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         layers are random, under the solved last layer. As another
         estimator's ``teacher``, the classifier teaches with its fine-tuned
         network alone (students learned more from it).
+    mixup : "auto" or float >= 0, default="auto"
+        Mixup (Zhang et al., 2018): each training batch, after augmentation,
+        is mixed with a shuffle of itself, ``lam * x_i + (1 - lam) * x_j``
+        with ``lam ~ Beta(mixup, mixup)`` once per batch, and trained on
+        ``lam * L(y_i) + (1 - lam) * L(y_j)`` (each sample keeps its
+        weight). The network learns to move linearly between training
+        images, so it cannot grow certain far from them: with few images,
+        fine-tuning without it made confident errors where the images
+        determined little (faces at 64 px). ``"auto"``: 0.2 with few images
+        (fewer than 10 batches of training rows) above a quarter of the
+        backbone's native size (64 px for Lite0's 224), else 0: at 32 px
+        the backbone learns at the full rate and mixup lost on the
+        photograph crops (docs/benchmarks.md, "Mixup in few-image fits").
+        0 with ``adaptation`` or a ``teacher``; a number > 0 beside a
+        ``teacher`` or an adaptation loss on target batches (any method but
+        ``"adabn"``) raises, since those read each image as it is. ``0``
+        turns it off. The fitted ``mixup_`` is the value used.
+        ``history_``'s training loss is the mixed loss.
 """
 
 
@@ -301,4 +334,5 @@ def fill_docstring(doc):
     return (doc.replace("%(shared_parameters)s", SHARED_PARAMETERS)
             .replace("%(transfer_objective)s", TRANSFER_OBJECTIVE)
             .replace("%(fitted_attributes)s", FITTED_ATTRIBUTES)
-            .replace("%(classifier_parameters)s", CLASSIFIER_PARAMETERS))
+            .replace("%(classifier_parameters)s", CLASSIFIER_PARAMETERS)
+            .replace("%(classifier_attributes)s", CLASSIFIER_ATTRIBUTES))

@@ -316,8 +316,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
             optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
             backbone_lr_scale=self.backbone_lr_scale_, layer_decay=self.layer_decay,
             lr_schedule=self.lr_schedule, batch_size=self.batch_size, augment=augment,
-            bn_stats=self.bn_stats_, n_iter_no_change=self.n_iter_no_change, verbose=self.verbose,
-            loss_terms=self._loss_terms(adapting, y_enc, w) + self._distill_terms(w, device),
+            mixup=getattr(self, "mixup_", 0.0), bn_stats=self.bn_stats_, n_iter_no_change=self.n_iter_no_change,
+            verbose=self.verbose, loss_terms=self._loss_terms(adapting, y_enc, w) + self._distill_terms(w, device),
             task_weight=self._task_loss_weight(),
         )
         return Trainer(self.net_, data, y_enc, w, self._loss, self._score, settings, device, rng, self.history_)

@@ -164,4 +164,5 @@ def test_numpy_true_needs_a_solved_head_too(digits):
 def test_estimators_from_before_the_probe_ensemble_predict_without_one():
     state = earlier_finetune_state({"missing_label": None, "net_": object()})
     assert state["probe_ensemble"] is False and state["probe_net_"] is None
+    assert state["mixup"] == 0.0 and state["mixup_"] == 0.0  # nor mixup: training goes on without it
     assert "probe_net_" not in earlier_finetune_state({"net_": object()})  # a regressor has none

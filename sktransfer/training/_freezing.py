@@ -31,6 +31,12 @@ def few_images(n_train, batch_size):
     return n_train < FEW_BATCHES * batch_size
 
 
+def small_images(image_size, native_size):
+    """Whether images are at a quarter of the backbone's native size or less (32 px for a 224 px
+    backbone): the pretrained filters see them far from the scale they were trained at."""
+    return image_size is not None and native_size is not None and image_size * 4 <= native_size
+
+
 def resolve_bn_stats(bn_stats, n_train, batch_size):
     """``"auto"`` -> ``"pretrained"`` with few images, else ``"update"``."""
     if bn_stats != "auto":
@@ -47,7 +53,7 @@ def resolve_backbone_lr_scale(scale, n_train, batch_size, image_size=None, nativ
     """
     if not (isinstance(scale, str) and scale == "auto"):
         return float(scale)
-    small = image_size is not None and native_size is not None and image_size * 4 <= native_size
+    small = small_images(image_size, native_size)
     return AUTO_BACKBONE_LR_SCALE[0 if few_images(n_train, batch_size) and not small else 1]
 
 

@@ -4,6 +4,7 @@ A :class:`Trainer` owns one fit's loop. The estimator hands it the network,
 the prepared data, the encoded targets and weights, the task loss and score,
 and the settings (:class:`TrainSettings`); the trainer runs the phases
 (linear probe, fine-tuning), builds each phase's optimizer and schedule,
+mixes each augmented batch when ``mixup`` is set (``_mixup.py``),
 adds the loss terms, keeps the best epoch when a validation set is given,
 and reports each epoch to the estimator's history and checkpoint callback.
 
@@ -31,6 +32,7 @@ from .._progress import progress_bar
 from ..data._batches import batch_indices
 from ._freezing import freeze, train_mode
 from ._frozen_prefix import frozen_prefix
+from ._mixup import mix_batch, mixed_loss
 from ._objectives import labelled_rows
 from ._optim import current_lr, make_optimizer, make_scheduler
 
@@ -79,6 +81,7 @@ class TrainSettings:
     lr_schedule: object = "cosine"
     batch_size: int = 32
     augment: object = None
+    mixup: float = 0.0  # mixup's Beta parameter; 0 trains on the batches as they are
     bn_stats: str = "update"
     n_iter_no_change: int = 3
     verbose: int = 0
@@ -201,8 +204,8 @@ class Trainer:
                         on_epoch(phase=index, epochs_done=done + count, optimizer=optimizer,
                                  scheduler=scheduler, no_improve=no_improve)
                 run_net, run_data = self.net, self.data
-                if s.augment is None:
-                    # the frozen stages see no augmentation: their output is computed once
+                if s.augment is None and not s.mixup:
+                    # the frozen stages see no augmentation or mixing: their output is computed once
                     run_net, run_data = frozen_prefix(self.net, self.data, phase.n_frozen, self.device, s.batch_size)
                 stopped = self.run_epochs(
                     optimizer, scheduler, terms, phase.epochs - done, phase.name, train_idx,
@@ -285,12 +288,19 @@ class Trainer:
             if s.augment is not None:
                 augmented = s.augment(x) if domain is None else augment_labelled(s.augment, x, n_labelled)
                 x = in_memory_format_of(x, augmented)
+            mix = None
+            if s.mixup > 0 and domain is None and len(x) > 1:
+                mixed, mix = mix_batch(x, s.mixup)
+                x = in_memory_format_of(x, mixed)
             target = torch.as_tensor(self.y[idx[:n_labelled]], device=self.device)
             weight = torch.as_tensor(self.w[idx[:n_labelled]], device=self.device, dtype=torch.float32)
             with autocast(self.device):
                 features = net.features(x)
                 output = net.classify(features)
-            loss = self.loss(output[:n_labelled], target, weight)
+            if mix is None:
+                loss = self.loss(output[:n_labelled], target, weight)
+            else:
+                loss = mixed_loss(self.loss, output, target, weight, mix)
             objective = loss if s.task_weight == 1 else s.task_weight * loss
             progress = 1.0 if not self._total_steps else min(1.0, self._steps_done / self._total_steps)
             step = Step(net, x, output, idx, features, domain, progress)
