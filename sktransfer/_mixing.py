@@ -6,6 +6,7 @@ through the fit's ``TrainSettings``. A regressor has no ``mixup_`` and does not 
 
 from __future__ import annotations
 
+from ._domain import BATCH_METHODS
 from .training._mixup import check_mixup, resolve_mixup
 
 
@@ -20,5 +21,4 @@ class MixupMixin:
 
     def _check_mixup(self):
         """Called by ``fit`` and ``partial_fit`` before training."""
-        batch_adaptation = self.adaptation is not None and self.adaptation != "adabn"
-        check_mixup(self.mixup, batch_adaptation, self._teacher() is not None)
+        check_mixup(self.mixup, self._adaptation_method() in BATCH_METHODS, self._teacher() is not None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ._freezing import few_images, small_images
+from ._objectives import known_labels
 
 # mixup="auto": the Beta parameter with few images (Zhang et al.'s ImageNet value), and otherwise
 AUTO_MIXUP_ALPHA = (0.2, 0.0)
@@ -64,8 +65,7 @@ def mixed_loss(loss, output, target, weight, mix):
     lam, perm = mix
     first, second = target, target[perm]
     if target.ndim > 1:
-        missing = torch.isnan if target.is_floating_point() else (lambda t: t < 0)
-        either = missing(first) | missing(second)
+        either = ~(known_labels(first) & known_labels(second))
         unknown = torch.full_like(first, float("nan") if target.is_floating_point() else -1)
         first, second = torch.where(either, unknown, first), torch.where(either, unknown, second)
     return lam * loss(output, first, weight) + (1.0 - lam) * loss(output, second, weight[perm])

@@ -18,12 +18,16 @@ import torch
 import torch.nn.functional as F
 
 
+def known_labels(target):
+    """Per entry, whether it is a label (``-1`` or NaN is missing), for numpy arrays and tensors."""
+    if isinstance(target, torch.Tensor):
+        return ~torch.isnan(target) if target.is_floating_point() else target >= 0
+    return ~np.isnan(target) if target.dtype.kind == "f" else target >= 0
+
+
 def labelled_rows(target):
     """Rows with at least one label (``-1`` or NaN is missing), for numpy arrays and tensors."""
-    if isinstance(target, torch.Tensor):
-        known = ~torch.isnan(target) if target.is_floating_point() else target >= 0
-    else:
-        known = ~np.isnan(target) if target.dtype.kind == "f" else target >= 0
+    known = known_labels(target)
     return known if known.ndim == 1 else known.any(1)
 
 
