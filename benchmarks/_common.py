@@ -64,3 +64,8 @@ def photos(n, size=224):
             img = np.stack([img] * 3, -1)
         base.append(np.asarray(Image.fromarray(img[..., :3]).resize((size, size))))
     return np.stack([base[i % len(base)] for i in range(n)])
+
+
+def min_cosine(Z, reference):
+    """The smallest cosine between a row of ``Z`` and the same row of ``reference``."""
+    return float(((Z * reference).sum(1) / np.linalg.norm(Z, axis=1) / np.linalg.norm(reference, axis=1)).min())

@@ -19,9 +19,8 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
-from _common import best_of, machine, photos
+from _common import best_of, machine, min_cosine, photos
 from PIL import Image
 
 from sktransfer import PretrainedFeatureExtractor, load_backbone
@@ -120,7 +119,7 @@ def main():
                 ext = PretrainedFeatureExtractor(optimize=optimize, cache=False).fit(X[:1])
                 later = best_of(lambda: ext.transform(X), repeats=2)
                 rows.append((f"sktransfer later transforms, {label}, {what} {args.size} px", later, None))
-                cosines[(what, optimize)] = _min_cosine(Z, reference)
+                cosines[(what, optimize)] = min_cosine(Z, reference)
     # the eager forward with sktransfer's allocator setting (not a baseline: shows what that setting gives)
     with keep_freed_memory():
         t = best_of(lambda: eager(model, ready, 8, True), repeats=2)
@@ -143,10 +142,6 @@ def _fit_and_first_transform(X, optimize):
     start = time.perf_counter()
     Z = PretrainedFeatureExtractor(optimize=optimize, cache=False).fit(X[:1]).transform(X)
     return Z, time.perf_counter() - start
-
-
-def _min_cosine(Z, reference):
-    return float(((Z * reference).sum(1) / np.linalg.norm(Z, axis=1) / np.linalg.norm(reference, axis=1)).min())
 
 
 if __name__ == "__main__":

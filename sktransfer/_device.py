@@ -65,6 +65,20 @@ def cpu_state(state, module_attrs):
     return state
 
 
+def follow_parameters(optimizer):
+    """Move ``optimizer``'s state (Adam's moments...) to its parameters' devices, after the
+    network moved (``partial_fit`` with another ``device``). Torch's own state-dict loading does
+    the casting, so ``step`` counters stay where that optimizer kind keeps them. Returns
+    ``optimizer``."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if any(torch.is_tensor(v) and v.dim() > 0 and v.device != param.device for v in state.values()):
+                optimizer.load_state_dict(optimizer.state_dict())
+                return optimizer
+    return optimizer
+
+
 OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 

@@ -20,7 +20,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from torch import nn
 
 from ._compat import EarlierStateMixin
-from ._device import cpu_copy, cpu_state, resolve_device
+from ._device import cpu_copy, cpu_state, follow_parameters, resolve_device
 from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
 from ._domain import AdaptationMixin, with_unlabelled
@@ -95,6 +95,15 @@ FINETUNE_CONSTRAINTS = {
     "verbose": ["verbose"],
     "warm_start": ["boolean"],
 }
+
+
+def _kept_optimizer(estimator, trainer):
+    """The optimizer ``partial_fit`` keeps from call to call, its state on the network's device
+    (which ``device`` may have changed since the last call)."""
+    if getattr(estimator, "_partial_optimizer", None) is None:
+        trainer.freeze(estimator.n_frozen_stages_)
+        estimator._partial_optimizer = trainer.optimizer()
+    return follow_parameters(estimator._partial_optimizer)
 
 
 class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):
@@ -247,10 +256,8 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
                 start_head(self.head_init_, self.net_, data, labelled, y_enc, w, device, self.batch_size,
                            self._solved_head)
             trainer = self._trainer(data, y_enc, w, rng, device, augment=resolve_augment(self.augment))
-            if getattr(self, "_partial_optimizer", None) is None:
-                trainer.freeze(self.n_frozen_stages_)
-                self._partial_optimizer = trainer.optimizer()
-            trainer.run_epochs(self._partial_optimizer, None, trainer.loss_terms(), 1, "partial_fit", everything)
+            optimizer = _kept_optimizer(self, trainer)
+            trainer.run_epochs(optimizer, None, trainer.loss_terms(), 1, "partial_fit", everything)
         self.n_epochs_ = len(self.history_)
         self.best_epoch_ = None
         self.net_.eval()

@@ -16,6 +16,21 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)
 torch.set_num_threads(THREADS)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_gpu_unless_marked(request):
+    """On a machine with a GPU, the modules not marked ``cuda`` see none, as in CI: their tests
+    assert CPU behaviour (``random_state`` repeats bitwise; accuracies measured on CPUs). The GPU
+    paths are tests/test_cuda.py's. ``SKTRANSFER_TESTS_ON_GPU=1`` lets every test see the GPU.
+    Module-scoped and autouse: set before the module's own fixtures fit anything."""
+    if request.node.get_closest_marker("cuda") is not None or os.environ.get("SKTRANSFER_TESTS_ON_GPU") == "1" or not torch.cuda.is_available():
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")  # and the examples' and docs' subprocesses
+        yield
+
+
 @pytest.fixture(scope="session")
 def digits():
     from sklearn.datasets import load_digits

@@ -200,6 +200,20 @@ def test_cpu_copy_does_not_touch_the_original():
     assert copy[0].weight.requires_grad
 
 
+def test_optimizer_state_already_with_its_parameters_is_left_alone():
+    """``follow_parameters`` reloads the state only after the network changed device
+    (tests/test_cuda.py moves one); on the same device it keeps the very tensors."""
+    from sktransfer._device import follow_parameters
+
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    state = dict(optimizer.state[net.weight])
+    assert follow_parameters(optimizer) is optimizer
+    assert all(optimizer.state[net.weight][key] is value for key, value in state.items())
+
+
 def test_html_repr_links_to_our_docs():
     html = FineTuneClassifier()._repr_html_()
     assert "FineTuneClassifier" in html

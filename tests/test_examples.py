@@ -13,6 +13,8 @@ EXAMPLES = sorted((pathlib.Path(__file__).parents[1] / "examples").glob("*.py"))
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs(path, tmp_path):
+    if path.stem == "dask_scale_out":  # dask is a test extra; without it, as tests/test_dask.py
+        pytest.importorskip("distributed")
     env = dict(os.environ, SKTRANSFER_FAST="1", MPLBACKEND="Agg", SKTRANSFER_OUTPUT=str(tmp_path))
     result = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

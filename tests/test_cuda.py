@@ -1,0 +1,272 @@
+"""The CUDA paths: bf16 autocast, channels_last, device moves, and GPU-fitted models
+pickled and loaded on a machine without a GPU.
+
+Skipped where torch sees no GPU (CI has none); run on a GPU machine with
+``pytest tests/test_cuda.py`` (docs/reliability.md, "On a GPU").
+"""
+
+import collections
+import contextlib
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeatureExtractor
+
+# "cuda": the one module that sees the GPU (tests/conftest.py hides it from the others)
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+FAST = dict(image_size=32, batch_size=16, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def split(digits):
+    _, table, y = digits
+    return table[:300], y[:300], table[1000:1300], y[1000:1300]
+
+
+@pytest.fixture(scope="module")
+def small_photos(photos):
+    return np.stack([np.asarray(Image.fromarray(photos[n]).resize((64, 64))) for n in photos])
+
+
+Call = collections.namedtuple("Call", "channels_last dtype device grad n")
+
+
+@contextlib.contextmanager
+def conv_calls():
+    """``(module, Call)`` for every ``Conv2d`` call made while the block runs."""
+    calls = []
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Conv2d):
+            x = args[0]
+            calls.append((module, Call(x.is_contiguous(memory_format=torch.channels_last), output.dtype,
+                                       output.device.type, torch.is_grad_enabled(), len(x))))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def stem_calls(calls, net):
+    """The calls of ``net``'s first convolution: its input is the image batch itself."""
+    stem = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    return [call for module, call in calls if module is stem]
+
+
+def bf16_channels_last_on_gpu(calls):
+    """Every call ran on the GPU, in bf16, on a channels_last batch (else the odd ones out)."""
+    odd = {call for call in calls if not (call.channels_last and call.dtype == torch.bfloat16
+                                          and call.device == "cuda")}
+    return not odd or sorted(odd, key=str)
+
+
+def devices(module):
+    return {t.device.type for t in list(module.parameters()) + list(module.buffers())}
+
+
+def cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_extractor_runs_bf16_channels_last_and_matches_the_cpu(small_photos):
+    cpu = PretrainedFeatureExtractor(image_size=64, device="cpu", cache=False).fit(small_photos)
+    with conv_calls() as calls:
+        gpu = PretrainedFeatureExtractor(image_size=64, device="cuda", cache=False).fit(small_photos)
+        Z = gpu.transform(small_photos)
+    assert isinstance(Z, np.ndarray) and Z.dtype == np.float32
+    assert devices(gpu.backbone_) == {"cuda"}
+    ran = stem_calls(calls, gpu.backbone_)
+    assert ran and bf16_channels_last_on_gpu(ran) is True, ran
+    assert not any(call.grad for call in ran)  # inference mode
+    # bf16 rounding only: the same embeddings as the CPU's float32 run
+    assert cosines(Z, cpu.transform(small_photos)).min() > 0.99
+
+
+def test_files_decoded_by_worker_processes_reach_the_gpu(small_photos, tmp_path):
+    files = []
+    for i, img in enumerate(small_photos):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(files[-1])
+    ext = PretrainedFeatureExtractor(image_size=64, device="cuda", cache=False, batch_size=2)
+    in_process = ext.fit(files).transform(files)
+    by_workers = ext.set_params(num_workers=2).transform(files)  # pinned memory, copies in the background
+    assert cosines(by_workers, in_process).min() > 0.999
+    assert cosines(by_workers, ext.transform(small_photos)).min() > 0.999
+
+
+def test_embedded_weights_classify_on_cuda(photos):
+    images = [photos["chelsea"], photos["coffee"]]
+    top1 = PretrainedFeatureExtractor(layer="logits", device="cuda").fit(images).transform(images).argmax(1)
+    assert 281 <= top1[0] <= 285 and top1[1] == 967
+
+
+def test_classifier_trains_on_cuda_in_bf16_channels_last(split):
+    X, y, X_test, y_test = split
+    with conv_calls() as calls:
+        clf = FineTuneClassifier(device="cuda", **FAST).fit(X, y)
+    assert devices(clf.net_) == {"cuda"}
+    ran = stem_calls(calls, clf.net_)
+    # the calls before the network moves to the GPU: the shapes worked out on the CPU as it is built
+    built = next(i for i, call in enumerate(ran) if call.device == "cuda")
+    assert all(call.device == "cpu" and not call.grad and call.n <= 2 for call in ran[:built])
+    on_gpu = ran[built:]
+    assert any(call.grad for call in on_gpu)  # the stem trained (freeze_depth=0)
+    assert bf16_channels_last_on_gpu(on_gpu) is True
+    assert all(np.isfinite(h["train_loss"]) for h in clf.history_)
+    proba = clf.predict_proba(X_test)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    on_gpu = clf.score(X_test, y_test)
+    on_cpu = FineTuneClassifier(device="cpu", **FAST).fit(X, y).score(X_test, y_test)
+    assert on_gpu > 0.8 and on_gpu >= on_cpu - 0.05, (on_gpu, on_cpu)
+
+
+def test_regressor_trains_on_cuda(split):
+    X, y, X_test, y_test = split
+    reg = FineTuneRegressor(device="cuda", **FAST).fit(X, y.astype(float))
+    assert devices(reg.net_) == {"cuda"}
+    on_gpu = reg.score(X_test, y_test.astype(float))
+    on_cpu = FineTuneRegressor(device="cpu", **FAST).fit(X, y.astype(float)).score(X_test, y_test.astype(float))
+    assert on_gpu > 0.5 and on_gpu >= on_cpu - 0.1, (on_gpu, on_cpu)
+
+
+LOAD_WITHOUT_GPU = textwrap.dedent("""
+    import sys
+
+    import joblib
+    import numpy as np
+    import torch
+
+    import sktransfer
+
+    assert not torch.cuda.is_available()
+    folder = sys.argv[1]
+    X = np.load(folder + "/X.npy")
+    by_joblib = joblib.load(folder + "/clf.joblib")
+    by_file = sktransfer.load(folder + "/clf.safetensors")
+    extractor = joblib.load(folder + "/extractor.joblib")
+    np.save(folder + "/joblib.npy", by_joblib.predict_proba(X))
+    np.save(folder + "/file.npy", by_file.predict_proba(X))
+    np.save(folder + "/embeddings.npy", extractor.transform(X))
+    pinned = joblib.load(folder + "/pinned.joblib")
+    try:
+        pinned.predict(X)
+    except ValueError as exc:
+        print("pinned:", exc)
+""")
+
+
+def test_gpu_fitted_models_load_and_predict_where_there_is_no_gpu(split, tmp_path):
+    X, y, X_test, _ = split
+    clf = FineTuneClassifier(**FAST).fit(X, y)  # device="auto": the GPU here
+    assert devices(clf.net_) == {"cuda"}
+    on_gpu = clf.predict_proba(X_test)
+    blob = pickle.dumps(clf)
+    assert devices(clf.net_) == {"cuda"}  # pickling copies to the CPU, the fitted model stays
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    clf.save(tmp_path / "clf.safetensors")
+    extractor = PretrainedFeatureExtractor(image_size=32, cache=False).fit(X)
+    embeddings = extractor.transform(X_test)
+    joblib.dump(extractor, tmp_path / "extractor.joblib")
+    joblib.dump(FineTuneClassifier(device="cuda", max_epochs=1, **FAST).fit(X, y), tmp_path / "pinned.joblib")
+    np.save(tmp_path / "X.npy", X_test)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_GPU, str(tmp_path)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    # a model pinned to device="cuda" says so and names the fix
+    assert "CUDA is not available" in done.stdout and "device='auto' or 'cpu'" in done.stdout
+    # the same network's CPU predictions here
+    here = pickle.loads(blob).set_params(device="cpu")
+    assert devices(here.net_) == {"cpu"}
+    expected = here.predict_proba(X_test)
+    np.testing.assert_allclose(np.load(tmp_path / "joblib.npy"), expected, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "file.npy"), expected, atol=1e-5)
+    # and the GPU's bf16 predictions agree with them
+    assert np.mean(on_gpu.argmax(1) == expected.argmax(1)) >= 0.97
+    assert np.abs(on_gpu - expected).max() < 0.1
+    assert cosines(np.load(tmp_path / "embeddings.npy"), embeddings).min() > 0.99
+
+
+def test_models_move_between_devices_for_predicting_and_partial_fit(split):
+    X, y, X_test, y_test = split
+    clf = FineTuneClassifier(device="cpu", **FAST).fit(X, y)
+    on_cpu = clf.predict_proba(X_test)
+    clf.set_params(device="cuda")
+    moved = clf.predict_proba(X_test)
+    assert devices(clf.net_) == {"cuda"}
+    assert np.mean(moved.argmax(1) == on_cpu.argmax(1)) >= 0.97 and np.abs(moved - on_cpu).max() < 0.1
+    epochs = len(clf.history_)
+    clf.partial_fit(X, y)  # a new optimizer on the GPU
+    assert len(clf.history_) == epochs + 1 and devices(clf.net_) == {"cuda"}
+    clf.set_params(device="cpu").partial_fit(X, y)
+    assert devices(clf.net_) == {"cpu"}
+    assert clf.score(X_test, y_test) > 0.8
+
+
+@pytest.mark.parametrize("params", [
+    pytest.param(dict(freeze_depth=2, reg_lambda=0.1), id="frozen-prefix-l2sp"),
+    pytest.param(dict(freeze_depth="all", head_init="solve"), id="frozen-backbone"),
+    pytest.param(dict(image_size=64, mixup=0.2), id="mixup"),
+    pytest.param(dict(early_stopping=True, validation_fraction=0.2, n_iter_no_change=2, max_epochs=4,
+                      lr_schedule="onecycle"), id="early-stopping"),
+    pytest.param(dict(linear_probe_epochs=1, fusion_alpha=0.5, class_weight="balanced", head_hidden=(64,),
+                      bn_stats="update", layer_decay=0.8), id="probe-fusion-hidden"),
+    pytest.param(dict(adaptation="dann", missing_label=-1), id="dann"),
+    pytest.param(dict(adaptation="coral", missing_label=-1), id="coral"),
+    pytest.param(dict(adaptation="pseudo_label", missing_label=-1), id="pseudo-label"),
+    pytest.param(dict(teacher="logistic", missing_label=-1), id="distillation"),
+    pytest.param(dict(multi_task=True), id="multi-task"),
+    pytest.param(dict(sample_weight=True, augment="flip", optimizer="sgd"), id="weights-flip-sgd"),
+])
+def test_the_recipe_runs_on_cuda(split, params):
+    X, y, X_test, y_test = split
+    params = dict(params)
+    fit_kw = {}
+    y_fit = y.copy()
+    if params.get("missing_label") == -1:
+        y_fit[150:] = -1  # half the rows unlabelled: adaptation or distillation learns from them
+    if params.pop("teacher", None):
+        params["teacher"] = LogisticRegression(max_iter=2000).fit(X, y)
+    if params.pop("multi_task", False):
+        y_fit = np.column_stack([y, y % 2])
+    if params.pop("sample_weight", False):
+        fit_kw["sample_weight"] = np.where(y % 2 == 0, 2.0, 1.0)
+    clf = FineTuneClassifier(device="cuda", **{**FAST, **params}).fit(X, y_fit, **fit_kw)
+    assert devices(clf.net_) == {"cuda"}
+    assert all(np.isfinite(h["train_loss"]) for h in clf.history_)
+    pred = clf.predict(X_test)
+    digit = pred[:, 0] if pred.ndim == 2 else pred
+    assert np.mean(digit == y_test) > 0.6
+
+
+def test_killed_gpu_run_resumes_from_its_checkpoint(split, tmp_path, monkeypatch):
+    from test_reliability import Killed, _kill_at
+
+    X, y, _, _ = split
+    kw = dict(FAST, device="cuda", max_epochs=4, linear_probe_epochs=1, checkpoint_dir=str(tmp_path))
+    reference = FineTuneClassifier(**dict(kw, checkpoint_dir=None)).fit(X, y)
+    with monkeypatch.context() as m:
+        _kill_at(m, 3)
+        with pytest.raises(Killed):
+            FineTuneClassifier(**kw).fit(X, y)
+    assert len(list(tmp_path.glob("checkpoint-*.safetensors"))) == 1
+    resumed = FineTuneClassifier(warm_start=True, **kw).fit(X, y)
+    assert [h["phase"] for h in resumed.history_] == [h["phase"] for h in reference.history_]
+    assert devices(resumed.net_) == {"cuda"}
+    # the resumed run took up the killed one's first two epochs (bitwise on the CPU, not on a GPU)
+    assert [h["train_loss"] for h in resumed.history_[:2]] == pytest.approx(
+        [h["train_loss"] for h in reference.history_[:2]], rel=0.05)
