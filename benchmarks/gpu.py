@@ -29,24 +29,18 @@ from sktransfer.data._preprocessing import prepare_batch
 
 
 def timed(fn, repeats=2):
-    """Best wall time of ``repeats`` calls after a warm-up call, the GPU synchronised."""
-    fn()
+    """Best wall time of ``repeats`` calls after a warm-up call (none with ``repeats=0``: one
+    timed call, the first), the GPU synchronised."""
+    if repeats:
+        fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(max(repeats, 1)):
         torch.cuda.synchronize()
         start = time.perf_counter()
         out = fn()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return out, min(times)
-
-
-def once(fn):
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - start
 
 
 def eager_embed(model, x, batch_size, bf16):
@@ -59,8 +53,8 @@ def eager_embed(model, x, batch_size, bf16):
 
 def extraction(n, batch_size):
     images = photos(n, 256)
-    model = load_backbone("efficientnet_lite0").eval().model.cuda()
-    spec = load_backbone("efficientnet_lite0").preprocessing
+    backbone = load_backbone("efficientnet_lite0").eval()
+    model, spec = backbone.model.cuda(), backbone.preprocessing
     ready = prepare_batch(torch.from_numpy(images).permute(0, 3, 1, 2), spec, torch.device("cpu")).cuda()
     reference, t32 = timed(lambda: eager_embed(model, ready, batch_size, False))
     rows = [(f"eager forward, float32 NCHW, ready GPU tensors, batch {batch_size}", t32, 1.0)]
@@ -69,7 +63,7 @@ def extraction(n, batch_size):
                  min_cosine(z.cpu().numpy(), reference.cpu().numpy())))
     reference = reference.cpu().numpy()
     ext = PretrainedFeatureExtractor(cache=False)
-    Z, t = once(lambda: ext.fit(images[:1]).transform(images))
+    Z, t = timed(lambda: ext.fit(images[:1]).transform(images), repeats=0)
     rows.append(("sktransfer fit + first transform, uint8 arrays 256 px on the CPU", t, min_cosine(Z, reference)))
     Z, t = timed(lambda: ext.transform(images))
     rows.append(("sktransfer later transforms, uint8 arrays 256 px on the CPU", t,

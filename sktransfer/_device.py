@@ -65,18 +65,27 @@ def cpu_state(state, module_attrs):
     return state
 
 
-def follow_parameters(optimizer):
-    """Move ``optimizer``'s state (Adam's moments...) to its parameters' devices, after the
-    network moved (``partial_fit`` with another ``device``). Torch's own state-dict loading does
-    the casting, so ``step`` counters stay where that optimizer kind keeps them. Returns
-    ``optimizer``."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            if any(torch.is_tensor(v) and v.dim() > 0 and v.device != param.device for v in state.values()):
-                optimizer.load_state_dict(optimizer.state_dict())
-                return optimizer
-    return optimizer
+def state_elsewhere(optimizer):
+    """Whether some of ``optimizer``'s state (Adam's moments, a momentum buffer...) sits on
+    another device than its parameter: the network moved since the last step."""
+    return any(
+        torch.is_tensor(value) and key != "step" and value.device != param.device
+        for group in optimizer.param_groups for param in group["params"]
+        for key, value in optimizer.state.get(param, {}).items()
+    )
+
+
+def carry_state(old, new):
+    """Give ``new`` (the same parameters, built for their present device) ``old``'s state:
+    ``new`` keeps its own settings (its kernel choice for that device: fused or not), and
+    torch's state-dict loading puts each tensor where that optimizer kind keeps it."""
+    state = old.state_dict()
+    state["param_groups"] = new.state_dict()["param_groups"]
+    # "step" goes to the CPU, where a plain optimizer keeps it; loading moves it for fused ones
+    state["state"] = {i: {key: value.cpu() if key == "step" and torch.is_tensor(value) else value
+                          for key, value in values.items()} for i, values in state["state"].items()}
+    new.load_state_dict(state)
+    return new
 
 
 OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))

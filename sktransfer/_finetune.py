@@ -20,7 +20,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from torch import nn
 
 from ._compat import EarlierStateMixin
-from ._device import cpu_copy, cpu_state, follow_parameters, resolve_device
+from ._device import carry_state, cpu_copy, cpu_state, resolve_device, state_elsewhere
 from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
 from ._domain import AdaptationMixin, with_unlabelled
@@ -98,12 +98,14 @@ FINETUNE_CONSTRAINTS = {
 
 
 def _kept_optimizer(estimator, trainer):
-    """The optimizer ``partial_fit`` keeps from call to call, its state on the network's device
-    (which ``device`` may have changed since the last call)."""
-    if getattr(estimator, "_partial_optimizer", None) is None:
+    """The optimizer ``partial_fit`` keeps from call to call. When ``device`` changed since the
+    last call, a new one for the network's device takes over the old one's state."""
+    kept = getattr(estimator, "_partial_optimizer", None)
+    if kept is None or state_elsewhere(kept):
         trainer.freeze(estimator.n_frozen_stages_)
-        estimator._partial_optimizer = trainer.optimizer()
-    return follow_parameters(estimator._partial_optimizer)
+        fresh = trainer.optimizer()
+        estimator._partial_optimizer = fresh if kept is None else carry_state(kept, fresh)
+    return estimator._partial_optimizer
 
 
 class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):

@@ -200,18 +200,39 @@ def test_cpu_copy_does_not_touch_the_original():
     assert copy[0].weight.requires_grad
 
 
-def test_optimizer_state_already_with_its_parameters_is_left_alone():
-    """``follow_parameters`` reloads the state only after the network changed device
-    (tests/test_cuda.py moves one); on the same device it keeps the very tensors."""
-    from sktransfer._device import follow_parameters
+@pytest.mark.parametrize("old_fused, new_fused, momentum", [(True, False, None), (False, True, None),
+                                                            (False, False, 0.9)])
+def test_kept_optimizer_state_is_carried_to_a_new_optimizer(old_fused, new_fused, momentum):
+    """What ``partial_fit`` does after a change of ``device`` (run for real in tests/test_cuda.py):
+    a meta tensor stands in for state left on another device; the new optimizer, built for the
+    parameters' device, takes the old one's state and keeps its own settings."""
+    from sktransfer._device import carry_state, state_elsewhere
 
-    net = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1)
-    net(torch.randn(4, 3)).sum().backward()
-    optimizer.step()
-    state = dict(optimizer.state[net.weight])
-    assert follow_parameters(optimizer) is optimizer
-    assert all(optimizer.state[net.weight][key] is value for key, value in state.items())
+    def make(fused):
+        if momentum:
+            return torch.optim.SGD(net.parameters(), lr=0.1, momentum=momentum)
+        return torch.optim.AdamW(net.parameters(), lr=0.1, fused=fused)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    old = make(old_fused)
+    for _ in range(2):
+        old.zero_grad()
+        net(torch.randn(5, 3)).sum().backward()
+        old.step()
+    assert not state_elsewhere(old)
+    new = carry_state(old, make(new_fused))
+    assert bool(new.param_groups[0].get("fused")) == (new_fused and not momentum)
+    for param in net.parameters():
+        assert set(new.state[param]) == set(old.state[param])
+        for key, value in old.state[param].items():
+            torch.testing.assert_close(new.state[param][key], value, rtol=0, atol=0)
+    new.zero_grad()
+    net(torch.randn(5, 3)).sum().backward()
+    new.step()  # it steps from the carried state
+    moved = "momentum_buffer" if momentum else "exp_avg"
+    new.state[net[0].weight][moved] = torch.empty(4, 3, device="meta")
+    assert state_elsewhere(new)
 
 
 def test_html_repr_links_to_our_docs():

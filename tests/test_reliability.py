@@ -4,6 +4,7 @@ out-of-memory retries and resumable checkpoints."""
 import numpy as np
 import pytest
 import torch
+from _interrupt import Killed, kill_at
 from PIL import Image
 from sklearn.exceptions import NotFittedError
 
@@ -171,33 +172,16 @@ def test_out_of_memory_halves_the_batch_in_predict(fitted, data):
 
 
 # ------------------------------------------------------------- checkpoints
-class Killed(Exception):
-    pass
 
 
-def _kill_at(monkeypatch, epoch):
-    from sktransfer.training._trainer import Trainer
-
-    original = Trainer._epoch
-    calls = []
-
-    def run_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == epoch:
-            raise Killed
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "_epoch", run_epoch)
-
-
-@pytest.mark.parametrize("kill_at", [2, 4])
-def test_killed_run_resumes_exactly_with_warm_start(data, tmp_path, monkeypatch, kill_at):
+@pytest.mark.parametrize("epoch", [2, 4])
+def test_killed_run_resumes_exactly_with_warm_start(data, tmp_path, monkeypatch, epoch):
     X, y = data
     kw = dict(FAST, max_epochs=4, linear_probe_epochs=1, early_stopping=True, validation_fraction=0.25,
               n_iter_no_change=10, reg_lambda=0.01, checkpoint_dir=str(tmp_path))
     reference = FineTuneClassifier(**dict(kw, checkpoint_dir=None)).fit(X, y)
     with monkeypatch.context() as m:
-        _kill_at(m, kill_at)
+        kill_at(m, epoch)
         with pytest.raises(Killed):
             FineTuneClassifier(**kw).fit(X, y)
     files = list(tmp_path.glob("checkpoint-*.safetensors"))
