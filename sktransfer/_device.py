@@ -27,12 +27,31 @@ def resolve_device(device):
     return resolved
 
 
+def amp_dtype(device):
+    """The autocast dtype on ``device``: bf16 on CUDA GPUs that compute in it (compute capability
+    8.0 on: Ampere, Ada, Hopper), fp16 on older ones (T4, V100: torch calls bf16 supported there,
+    by emulation, but cuDNN has no bf16 convolutions below 8.0); None (no autocast) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
 def autocast(device, enabled=True):
-    """bf16 autocast on CUDA (fp16 on GPUs without bf16); nothing on CPU."""
-    if not enabled or device.type != "cuda":
+    """Autocast in :func:`amp_dtype` on CUDA; nothing on the CPU."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(device):
+    """A gradient scaler where training autocasts to fp16, whose narrow range would flush small
+    gradients to zero; None elsewhere (bf16 has float32's range)."""
+    if amp_dtype(device) != torch.float16:
+        return None
+    amp = getattr(torch, "amp", None)
+    scaler = getattr(amp, "GradScaler", None)
+    return scaler("cuda") if scaler is not None else torch.cuda.amp.GradScaler()
 
 
 def module_device(module):

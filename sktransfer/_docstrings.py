@@ -138,8 +138,10 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     image_size, input_shape, pixel_range, preprocessing
         As for :class:`PretrainedFeatureExtractor`.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
-        ``"auto"``: CUDA with bf16 autocast and channels_last when present,
-        else the CPU (where training batches are channels_last too).
+        ``"auto"``: CUDA when present, with channels_last batches and
+        autocast to bf16 (fp16 with gradient scaling on GPUs older than
+        Ampere, whose cuDNN has no bf16 convolutions); else the CPU (where
+        training batches are channels_last too).
     num_workers : "auto" or int, default="auto"
         Worker processes decoding image files (see
         :class:`PretrainedFeatureExtractor`).

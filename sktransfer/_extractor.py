@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 from torch import nn
 
-from ._device import module_device, resolve_device
+from ._device import amp_dtype, module_device, resolve_device
 from ._digest import setting_digest
 from ._docstrings import DOCS_URL
 from ._extractor_setup import (
@@ -97,7 +97,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         (8 at 224 px, 16 at 96-128 px, 64 at 64 px and below; measured in
         docs/benchmarks.md). With ``"auto"``, ``adapt_bn`` measures its statistics on batches of 64.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
-        ``"auto"`` uses CUDA (with bf16 autocast) when present, else the CPU.
+        ``"auto"`` uses CUDA when present (bf16 autocast; fp16 before Ampere), else the CPU.
     num_workers : "auto" or int, default="auto"
         Worker processes (``torch.utils.data.DataLoader``) that decode and
         resize image files while the network runs. ``"auto"``: for lists of
@@ -114,7 +114,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         images are split. Building and compiling take about 0.3 s once (Lite0);
         extractors of a process with the same backbone and setting share one.
         ``"auto"``: for a transform of 128 images or more, then for any;
-        ``True`` always, ``False`` never. GPUs run eagerly with bf16 autocast.
+        ``True`` always, ``False`` never. GPUs run eagerly with autocast.
     cache : bool, default=True
         Reuse embeddings of images seen before (cross-validation folds, grid
         searches, refits): a per-process, least-recently-used memory cache
@@ -347,9 +347,12 @@ def _fit_setting(extractor, facts):
 
 
 def _device_setting(extractor):
-    """The cache setting of ``extractor``'s transforms: a GPU computes in bf16, its embeddings are its own."""
+    """The cache setting of ``extractor``'s transforms: a GPU computes in bf16 or fp16, its embeddings
+    are its own."""
     device = resolve_device(extractor.device)
-    return extractor._cache_setting if device.type == "cpu" else setting_digest(extractor._cache_setting, device.type)
+    if device.type == "cpu":
+        return extractor._cache_setting
+    return setting_digest(extractor._cache_setting, device.type, str(amp_dtype(device)))
 
 
 def _wants_optimized(optimize, device, n_images, built=False):

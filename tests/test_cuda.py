@@ -135,6 +135,22 @@ def test_classifier_trains_on_cuda_in_bf16_channels_last(split):
     assert on_gpu > 0.8 and on_gpu >= on_cpu - 0.05, (on_gpu, on_cpu)
 
 
+def test_gpus_before_ampere_train_in_fp16_with_a_gradient_scaler(split, monkeypatch):
+    """What a T4 or V100 runs (compute capability 7.x: fp16 autocast and a GradScaler), on this GPU."""
+    X, y, X_test, y_test = split
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    scaled = []
+    original = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(1) or original(self, loss))
+    with conv_calls() as calls:
+        clf = FineTuneClassifier(device="cuda", **FAST).fit(X, y)
+    on_gpu = [call for call in stem_calls(calls, clf.net_) if call.device == "cuda"]
+    assert on_gpu and all(call.dtype == torch.float16 and call.channels_last for call in on_gpu)
+    assert len(scaled) >= len(clf.history_) > 0  # a scaled loss at each training step
+    assert all(np.isfinite(h["train_loss"]) for h in clf.history_)
+    assert clf.score(X_test, y_test) > 0.8
+
+
 def test_regressor_trains_on_cuda(split):
     X, y, X_test, y_test = split
     reg = FineTuneRegressor(device="cuda", **FAST).fit(X, y.astype(float))

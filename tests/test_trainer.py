@@ -63,3 +63,41 @@ def test_a_loss_term_changes_training_and_is_recorded():
     assert pulled.head.weight.norm() < 0.5 * plain.head.weight.norm()
     assert history[-1]["penalty"] == term.value() > 0
     assert plain_history[-1]["penalty"] == 0.0
+
+
+class _PowerOfTwoScaler:
+    """What a GradScaler does on a GPU under fp16 autocast, on the CPU: the loss times 1024, the
+    gradients divided back before the step (exact in float32), every call recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return loss * 1024.0
+
+    def step(self, optimizer):
+        self.calls.append("step")
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad /= 1024.0
+        optimizer.step()
+
+    def update(self):
+        self.calls.append("update")
+
+
+def test_fp16_training_goes_through_the_gradient_scaler(monkeypatch):
+    """GPUs before Ampere autocast to fp16 (tests/test_cuda.py runs that on a GPU); the trainer
+    then scales each step's loss, steps through the scaler and updates its scale."""
+    import sktransfer.training._trainer as trainer_module
+
+    plain, _ = _train(0.0, [])
+    scalers = []
+    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: scalers.append(_PowerOfTwoScaler()) or
+                        scalers[-1])
+    scaled, _ = _train(0.0, [])
+    assert scalers[0].calls == ["scale", "step", "update"] * 9  # 3 epochs x 3 batches
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

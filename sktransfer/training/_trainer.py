@@ -26,7 +26,7 @@ import torch
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
 from .._allocator import keeping_freed_memory
-from .._device import autocast
+from .._device import autocast, grad_scaler
 from .._inference import predict_logits
 from .._progress import progress_bar
 from ..data._batches import batch_indices
@@ -153,6 +153,7 @@ class Trainer:
         self.target_idx = np.zeros(0, dtype=np.int64)  # unlabelled rows drawn beside each batch
         self._target_order = np.zeros(0, dtype=np.int64)
         self._steps_done, self._total_steps = 0, None
+        self.scaler = grad_scaler(device)  # fp16 autocast (GPUs before Ampere) only
 
     # ------------------------------------------------------------ building
     def optimizer(self, terms=()):
@@ -308,10 +309,7 @@ class Trainer:
                 extra = term(step)
                 if extra is not None:
                     objective = objective + extra
-            optimizer.zero_grad(set_to_none=True)
-            if objective.requires_grad:  # a batch of unlabelled rows only, with no term on them, has nothing to learn
-                objective.backward()
-            optimizer.step()
+            self._step(optimizer, objective)
             self._steps_done += 1
             if scheduler is not None:
                 scheduler.step()
@@ -322,6 +320,19 @@ class Trainer:
                 bar.update(n_labelled)
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
         return total / max(count, 1e-12)
+
+    def _step(self, optimizer, objective):
+        """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast)."""
+        optimizer.zero_grad(set_to_none=True)
+        if not objective.requires_grad:  # a batch of unlabelled rows only, with no term on them, has nothing to learn
+            return
+        if self.scaler is None:
+            objective.backward()
+            optimizer.step()
+        else:  # the step is skipped when the scaled gradients overflowed, and the scale lowered
+            self.scaler.scale(objective).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
 
     def _target_batch(self, n):
         """``n`` unlabelled rows, cycling through shuffled passes over ``target_idx``."""
