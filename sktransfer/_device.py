@@ -29,11 +29,15 @@ def resolve_device(device):
 
 def amp_dtype(device):
     """The autocast dtype on ``device``: bf16 on CUDA GPUs that compute in it (compute capability
-    8.0 on: Ampere, Ada, Hopper), fp16 on older ones (T4, V100: torch calls bf16 supported there,
-    by emulation, but cuDNN has no bf16 convolutions below 8.0); None (no autocast) on the CPU."""
+    8.0 on: Ampere, Ada, Hopper) and on ROCm; fp16 on Volta and Turing (V100, T4: torch calls bf16
+    supported there, by emulation, but cuDNN has no bf16 convolutions below 8.0); None (float32,
+    no autocast) on older GPUs, whose fp16 is slower than their float32, and on the CPU."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    if torch.version.hip:
+        return torch.bfloat16
+    major = torch.cuda.get_device_capability(device)[0]
+    return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
 
 
 def autocast(device, enabled=True):

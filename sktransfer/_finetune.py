@@ -98,13 +98,17 @@ FINETUNE_CONSTRAINTS = {
 
 
 def _kept_optimizer(estimator, trainer):
-    """The optimizer ``partial_fit`` keeps from call to call. When ``device`` changed since the
-    last call, a new one for the network's device takes over the old one's state."""
+    """The optimizer ``partial_fit`` keeps from call to call, and ``trainer``'s gradient scaler
+    (fp16 autocast): the one kept with it, whose scale has settled. When ``device`` changed
+    since the last call, a new optimizer for the network's device takes over the old one's state."""
     kept = getattr(estimator, "_partial_optimizer", None)
     if kept is None or state_elsewhere(kept):
         trainer.freeze(estimator.n_frozen_stages_)
         fresh = trainer.optimizer()
         estimator._partial_optimizer = fresh if kept is None else carry_state(kept, fresh)
+        estimator._partial_scaler = trainer.scaler
+    elif trainer.scaler is not None and getattr(estimator, "_partial_scaler", None) is not None:
+        trainer.scaler = estimator._partial_scaler
     return estimator._partial_optimizer
 
 
@@ -400,7 +404,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
 
     def __getstate__(self):
         state = cpu_state(super().__getstate__(), ["net_", "probe_net_"])
-        for private in ("_pretrained", "_partial_optimizer", "_best", "_teacher_proba"):
+        for private in ("_pretrained", "_partial_optimizer", "_partial_scaler", "_best", "_teacher_proba"):
             state.pop(private, None)
         return state
 

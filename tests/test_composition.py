@@ -236,23 +236,27 @@ def test_kept_optimizer_state_is_carried_to_a_new_optimizer(old_fused, new_fused
 
 
 @pytest.mark.parametrize("capability, dtype", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
-                                               ((7, 5), torch.float16), ((7, 0), torch.float16)])
+                                               ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), None)])
 def test_autocast_is_bf16_from_ampere_and_fp16_with_a_scaler_before(monkeypatch, capability, dtype):
     """T4 and V100 (7.x) report bf16 supported by emulation, but cuDNN has no bf16 convolutions
-    there: they autocast to fp16, and training scales its gradients."""
+    there: they autocast to fp16, and training scales its gradients. Older GPUs, whose fp16 is
+    slower than their float32, run float32."""
     import warnings
 
     from sktransfer._device import amp_dtype, autocast, grad_scaler
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert amp_dtype(cuda) == dtype and amp_dtype(cpu) is None
     assert grad_scaler(cpu) is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available, disabling ...": no GPU here
-        assert autocast(cuda).fast_dtype == dtype
+        assert getattr(autocast(cuda), "fast_dtype", None) == dtype
         scaler = grad_scaler(cuda)
-    assert (scaler is None) == (dtype == torch.bfloat16)
+    assert (scaler is not None) == (dtype == torch.float16)
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: bf16 whatever the architecture number
+    assert amp_dtype(cuda) == torch.bfloat16
 
 
 def test_html_repr_links_to_our_docs():

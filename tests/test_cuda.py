@@ -1,5 +1,5 @@
-"""The CUDA paths: bf16 autocast, channels_last, device moves, and GPU-fitted models
-pickled and loaded on a machine without a GPU.
+"""The CUDA paths: autocast (bf16; fp16 before Ampere), channels_last, device moves, and
+GPU-fitted models pickled and loaded on a machine without a GPU.
 
 Skipped where torch sees no GPU (CI has none); run on a GPU machine with
 ``pytest tests/test_cuda.py`` (docs/reliability.md, "On a GPU").
@@ -22,6 +22,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeatureExtractor
+from sktransfer._device import amp_dtype, grad_scaler
 
 # "cuda": the one module that sees the GPU (tests/conftest.py hides it from the others)
 # the condition is read as each test is set up (a string), not as the module is collected
@@ -68,9 +69,11 @@ def stem_calls(calls, net):
     return [call for module, call in calls if module is stem]
 
 
-def not_bf16_channels_last_on_gpu(calls):
-    """The calls that did not run on the GPU in bf16 on a channels_last batch."""
-    return sorted({call for call in calls if not (call.channels_last and call.dtype == torch.bfloat16
+def not_autocast_channels_last_on_gpu(calls):
+    """The calls that did not run on the GPU, in its autocast dtype (bf16; fp16 before Ampere),
+    on a channels_last batch."""
+    dtype = amp_dtype(torch.device("cuda"))
+    return sorted({call for call in calls if not (call.channels_last and call.dtype == dtype
                                                    and call.device == "cuda")}, key=str)
 
 
@@ -82,7 +85,7 @@ def cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def test_extractor_runs_bf16_channels_last_and_matches_the_cpu(small_photos):
+def test_extractor_runs_autocast_channels_last_and_matches_the_cpu(small_photos):
     cpu = PretrainedFeatureExtractor(image_size=64, device="cpu", cache=False).fit(small_photos)
     with conv_calls() as calls:
         gpu = PretrainedFeatureExtractor(image_size=64, device="cuda", cache=False).fit(small_photos)
@@ -90,9 +93,9 @@ def test_extractor_runs_bf16_channels_last_and_matches_the_cpu(small_photos):
     assert isinstance(Z, np.ndarray) and Z.dtype == np.float32
     assert devices(gpu.backbone_) == {"cuda"}
     ran = stem_calls(calls, gpu.backbone_)
-    assert ran and not_bf16_channels_last_on_gpu(ran) == []
+    assert ran and not_autocast_channels_last_on_gpu(ran) == []
     assert not any(call.grad for call in ran)  # inference mode
-    # bf16 rounding only: the same embeddings as the CPU's float32 run
+    # autocast's rounding only: the same embeddings as the CPU's float32 run
     assert cosines(Z, cpu.transform(small_photos)).min() > 0.99
 
 
@@ -114,7 +117,7 @@ def test_embedded_weights_classify_on_cuda(photos):
     assert 281 <= top1[0] <= 285 and top1[1] == 967
 
 
-def test_classifier_trains_on_cuda_in_bf16_channels_last(split):
+def test_classifier_trains_on_cuda_in_autocast_channels_last(split):
     X, y, X_test, y_test = split
     with conv_calls() as calls:
         clf = FineTuneClassifier(device="cuda", **FAST).fit(X, y)
@@ -126,7 +129,7 @@ def test_classifier_trains_on_cuda_in_bf16_channels_last(split):
     assert all(call.device == "cpu" and not call.grad and call.n <= 2 for call in ran[:built])
     on_gpu = ran[built:]
     assert any(call.grad for call in on_gpu)  # the stem trained (freeze_depth=0)
-    assert not_bf16_channels_last_on_gpu(on_gpu) == []
+    assert not_autocast_channels_last_on_gpu(on_gpu) == []
     assert all(np.isfinite(h["train_loss"]) for h in clf.history_)
     proba = clf.predict_proba(X_test)
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
@@ -140,8 +143,9 @@ def test_gpus_before_ampere_train_in_fp16_with_a_gradient_scaler(split, monkeypa
     X, y, X_test, y_test = split
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     scaled = []
-    original = torch.amp.GradScaler.scale
-    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(1) or original(self, loss))
+    scaler_class = type(grad_scaler(torch.device("cuda")))
+    original = scaler_class.scale
+    monkeypatch.setattr(scaler_class, "scale", lambda self, loss: scaled.append(1) or original(self, loss))
     with conv_calls() as calls:
         clf = FineTuneClassifier(device="cuda", **FAST).fit(X, y)
     on_gpu = [call for call in stem_calls(calls, clf.net_) if call.device == "cuda"]
@@ -213,7 +217,7 @@ def test_gpu_fitted_models_load_and_predict_where_there_is_no_gpu(split, tmp_pat
     expected = here.predict_proba(X_test)
     np.testing.assert_allclose(np.load(tmp_path / "joblib.npy"), expected, atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "file.npy"), expected, atol=1e-5)
-    # and the GPU's bf16 predictions agree with them
+    # and the GPU's autocast predictions agree with them
     assert np.mean(on_gpu.argmax(1) == expected.argmax(1)) >= 0.97
     assert np.abs(on_gpu - expected).max() < 0.1
     assert cosines(np.load(tmp_path / "embeddings.npy"), embeddings).min() > 0.99

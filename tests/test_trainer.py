@@ -1,6 +1,7 @@
 """The Trainer on its own: a loss term plugs into the loop without the estimator."""
 
 import numpy as np
+import pytest
 import torch
 from _tiny import IndexedImages, TinyConv
 
@@ -26,7 +27,7 @@ class _HeadNorm:
         return float(self.strength * self.net.head.weight.detach().pow(2).sum())
 
 
-def _train(strength, terms_seen):
+def _train(strength, terms_seen, **settings):
     torch.manual_seed(0)
     net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
     x = torch.randn(12, 3, 10, 10)
@@ -44,7 +45,8 @@ def _train(strength, terms_seen):
     def score(out, target, weight):
         return classification_score(out, target, weight, [2])
 
-    settings = TrainSettings(lr=0.05, batch_size=4, lr_schedule="constant", loss_terms=[make])
+    settings = TrainSettings(**{"lr": 0.05, "batch_size": 4, "lr_schedule": "constant", "loss_terms": [make],
+                                **settings})
     history = []
     trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"), np.random.RandomState(0), history)
     assert trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
@@ -87,6 +89,9 @@ class _PowerOfTwoScaler:
     def update(self):
         self.calls.append("update")
 
+    def get_scale(self):
+        return 1024.0
+
 
 def test_fp16_training_goes_through_the_gradient_scaler(monkeypatch):
     """GPUs before Ampere autocast to fp16 (tests/test_cuda.py runs that on a GPU); the trainer
@@ -101,3 +106,49 @@ def test_fp16_training_goes_through_the_gradient_scaler(monkeypatch):
     assert scalers[0].calls == ["scale", "step", "update"] * 9  # 3 epochs x 3 batches
     for a, b in zip(plain.parameters(), scaled.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_steps_the_scaler_skips_leave_the_weights_and_the_schedule_alone(monkeypatch, optimizer):
+    """A real GradScaler, on the CPU, whose first scales overflow the loss: those steps are
+    skipped (the scale halves each time), the schedule does not move for them (no "scheduler
+    step before optimizer step" warning), and the steps that follow train."""
+    import warnings
+
+    import sktransfer.training._trainer as trainer_module
+
+    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_class is None:
+        pytest.skip("torch.amp.GradScaler: torch 2.3 and later")
+    scalers = []
+    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: scalers.append(
+        scaler_class("cpu", init_scale=2.0 ** 127, growth_interval=1000)) or scalers[-1])
+    torch.manual_seed(0)
+    start = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg").state_dict()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # the head's penalty makes the objective about 6: times 2**127 it overflows float32
+        net, history = _train(10.0, [], optimizer=optimizer, lr_schedule="cosine", lr=0.01)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    skipped = 127 - int(np.log2(scalers[0].get_scale()))
+    assert 0 < skipped < 9  # some of the 9 steps were skipped, not all
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+    assert any(not torch.equal(value, start[key]) for key, value in net.state_dict().items())
+
+
+def test_partial_fit_keeps_its_gradient_scaler_with_its_optimizer(monkeypatch, digits):
+    """Under fp16 autocast each partial_fit call steps on the scale the earlier calls settled,
+    not on a fresh one; a new optimizer (after a fit, or on another device) starts a new scale."""
+    import sktransfer.training._trainer as trainer_module
+    from sktransfer import FineTuneClassifier
+
+    made = []
+    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: made.append(_PowerOfTwoScaler()) or made[-1])
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=32, batch_size=16, random_state=0)
+    for _ in range(3):
+        clf.partial_fit(X[:32], y[:32], classes=np.arange(10))
+    kept = clf._partial_scaler
+    assert kept is made[0] and kept.calls == ["scale", "step", "update"] * 6  # 3 calls x 2 batches
+    clf.fit(X[:32], y[:32]).partial_fit(X[:32], y[:32])  # a new fit, then a new optimizer and scale
+    assert clf._partial_scaler is made[-1] is not kept

@@ -309,9 +309,9 @@ class Trainer:
                 extra = term(step)
                 if extra is not None:
                     objective = objective + extra
-            self._step(optimizer, objective)
+            stepped = self._step(optimizer, objective)
             self._steps_done += 1
-            if scheduler is not None:
+            if scheduler is not None and stepped:
                 scheduler.step()
             labelled = float(weight[labelled_rows(target)].sum())  # rows without a label had no loss
             total += float(loss.detach()) * labelled
@@ -322,17 +322,21 @@ class Trainer:
         return total / max(count, 1e-12)
 
     def _step(self, optimizer, objective):
-        """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast)."""
+        """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast). Returns
+        False where the scaler skipped the step (its scaled gradients overflowed, and it lowered
+        the scale): the schedule then waits for the next step."""
         optimizer.zero_grad(set_to_none=True)
         if not objective.requires_grad:  # a batch of unlabelled rows only, with no term on them, has nothing to learn
-            return
+            return True
         if self.scaler is None:
             objective.backward()
             optimizer.step()
-        else:  # the step is skipped when the scaled gradients overflowed, and the scale lowered
-            self.scaler.scale(objective).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.scale(objective).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale
 
     def _target_batch(self, n):
         """``n`` unlabelled rows, cycling through shuffled passes over ``target_idx``."""
