@@ -139,9 +139,9 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         As for :class:`PretrainedFeatureExtractor`.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"``: CUDA when present, with channels_last batches and
-        autocast to bf16 (fp16 with gradient scaling on GPUs older than
-        Ampere, whose cuDNN has no bf16 convolutions); else the CPU (where
-        training batches are channels_last too).
+        autocast to bf16 (fp16 with gradient scaling on V100 and T4, whose
+        cuDNN has no bf16 convolutions; float32 on older GPUs); else the CPU
+        (where training batches are channels_last too).
     num_workers : "auto" or int, default="auto"
         Worker processes decoding image files (see
         :class:`PretrainedFeatureExtractor`).

@@ -97,7 +97,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         (8 at 224 px, 16 at 96-128 px, 64 at 64 px and below; measured in
         docs/benchmarks.md). With ``"auto"``, ``adapt_bn`` measures its statistics on batches of 64.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
-        ``"auto"`` uses CUDA when present (bf16 autocast; fp16 before Ampere), else the CPU.
+        ``"auto"`` uses CUDA when present (bf16 autocast; fp16 on V100 and T4), else the CPU.
     num_workers : "auto" or int, default="auto"
         Worker processes (``torch.utils.data.DataLoader``) that decode and
         resize image files while the network runs. ``"auto"``: for lists of

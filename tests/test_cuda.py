@@ -72,7 +72,7 @@ def stem_calls(calls, net):
 def not_autocast_channels_last_on_gpu(calls):
     """The calls that did not run on the GPU, in its autocast dtype (bf16; fp16 before Ampere),
     on a channels_last batch."""
-    dtype = amp_dtype(torch.device("cuda"))
+    dtype = amp_dtype(torch.device("cuda")) or torch.float32  # float32 below compute capability 7
     return sorted({call for call in calls if not (call.channels_last and call.dtype == dtype
                                                    and call.device == "cuda")}, key=str)
 

@@ -153,7 +153,7 @@ class Trainer:
         self.target_idx = np.zeros(0, dtype=np.int64)  # unlabelled rows drawn beside each batch
         self._target_order = np.zeros(0, dtype=np.int64)
         self._steps_done, self._total_steps = 0, None
-        self.scaler = grad_scaler(device)  # fp16 autocast (GPUs before Ampere) only
+        self.scaler = grad_scaler(device)  # under fp16 autocast (V100, T4) only
 
     # ------------------------------------------------------------ building
     def optimizer(self, terms=()):
