@@ -194,6 +194,33 @@ def test_killed_run_resumes_exactly_with_warm_start(data, tmp_path, monkeypatch,
     np.testing.assert_array_equal(resumed.predict_proba(X), reference.predict_proba(X))
 
 
+def test_a_resumed_run_takes_up_the_gradient_scale(data, tmp_path, monkeypatch):
+    """fp16 training (V100, T4) scales its loss; the scale, which halves at each overflow and here
+    doubles after every good step, is part of the checkpoint. Played on the CPU by a real
+    GradScaler: the resumed run equals the uninterrupted one, as without a scaler."""
+    import sktransfer.training._trainer as trainer_module
+
+    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_class is None:
+        pytest.skip("torch.amp.GradScaler: torch 2.3 and later")
+    scalers = []
+    # ln(10) = 2.3 (a zero head, 10 classes) times 2**127 overflows float32: the first steps are skipped
+    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: scalers.append(
+        scaler_class("cpu", init_scale=2.0 ** 127, growth_interval=1)) or scalers[-1])
+    X, y = data
+    kw = dict(FAST, max_epochs=4, checkpoint_dir=str(tmp_path))
+    reference = FineTuneClassifier(**dict(kw, checkpoint_dir=None)).fit(X, y)
+    assert scalers[-1].get_scale() < 2.0 ** 127  # steps were skipped
+    with monkeypatch.context() as m:
+        kill_at(m, 3)
+        with pytest.raises(Killed):
+            FineTuneClassifier(**kw).fit(X, y)
+    resumed = FineTuneClassifier(warm_start=True, **kw).fit(X, y)
+    assert scalers[-1].get_scale() == scalers[0].get_scale()
+    assert [h["train_loss"] for h in resumed.history_] == [h["train_loss"] for h in reference.history_]
+    np.testing.assert_array_equal(resumed.predict_proba(X), reference.predict_proba(X))
+
+
 def test_finished_runs_are_not_resumed_and_runs_do_not_mix(data, tmp_path):
     X, y = data
     kw = dict(FAST, max_epochs=2, checkpoint_dir=str(tmp_path))

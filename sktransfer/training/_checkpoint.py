@@ -65,7 +65,7 @@ class Checkpointer:
         self.path = os.path.join(self.directory, f"checkpoint-{digest}.safetensors")
 
     def save(self, estimator, *, phase, epochs_done, optimizer, scheduler, rng, device, best,
-             no_improve, train_idx, valid_idx):
+             no_improve, train_idx, valid_idx, scaler=None):
         os.makedirs(self.directory, exist_ok=True)
         optim = optimizer.state_dict()
         tensors = {"train_idx": torch.as_tensor(train_idx), "torch_rng": torch.get_rng_state()}
@@ -85,6 +85,8 @@ class Checkpointer:
             "scheduler_steps": None if scheduler is None else int(scheduler.last_epoch),
             "numpy_rng": rng.get_state(),
             "best": None if best is None else [best[0], best[2]],
+            # fp16 training's gradient scale (numbers only), None without one
+            "grad_scaler": None if scaler is None else scaler.state_dict(),
         }
         save_estimator(estimator, self.path, extra=extra, extra_tensors=tensors)
 
@@ -126,8 +128,8 @@ class Resume:
         state = {k[len("best."):]: v for k, v in self.tensors.items() if k.startswith("best.")}
         return (self.extra["best"][0], state, self.extra["best"][1])
 
-    def restore_training(self, optimizer, scheduler, rng, device):
-        """Optimizer moments, schedule position and random generators."""
+    def restore_training(self, optimizer, scheduler, rng, device, scaler=None):
+        """Optimizer moments, schedule position, gradient scale and random generators."""
         state = {}
         for key, tensor in self.tensors.items():
             if key.startswith("optim."):
@@ -139,6 +141,8 @@ class Resume:
                 for _ in range(self.extra["scheduler_steps"] - scheduler.last_epoch):
                     scheduler.step()
         optimizer.load_state_dict({"state": state, "param_groups": self.extra["param_groups"]})
+        if scaler is not None and self.extra.get("grad_scaler"):
+            scaler.load_state_dict(self.extra["grad_scaler"])
         rng.set_state(self.extra["numpy_rng"])
         torch.set_rng_state(self.tensors["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in self.tensors:

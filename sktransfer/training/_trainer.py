@@ -176,8 +176,8 @@ class Trainer:
         """Run ``phases``; returns True when they ran to the end (False: interrupted).
 
         ``resume`` (a checkpoint) skips the phases and epochs already done and
-        restores the optimizer, schedule and generators. ``on_epoch(phase=,
-        epochs_done=, optimizer=, scheduler=, no_improve=)`` is called after
+        restores the optimizer, schedule, gradient scale and generators. ``on_epoch(phase=,
+        epochs_done=, optimizer=, scheduler=, scaler=, no_improve=)`` is called after
         every epoch. With a validation set, ``best`` keeps the best epoch's
         weights; :meth:`restore_best` loads them.
         """
@@ -197,13 +197,13 @@ class Trainer:
                 optimizer = self.optimizer(terms)
                 scheduler = make_scheduler(optimizer, s.lr_schedule, phase.epochs * steps)
                 if resuming:
-                    resume.restore_training(optimizer, scheduler, self.rng, self.device)
+                    resume.restore_training(optimizer, scheduler, self.rng, self.device, self.scaler)
                 callback = None
                 if on_epoch is not None:
                     def callback(count, no_improve, index=index, done=done, optimizer=optimizer,
                                  scheduler=scheduler):
                         on_epoch(phase=index, epochs_done=done + count, optimizer=optimizer,
-                                 scheduler=scheduler, no_improve=no_improve)
+                                 scheduler=scheduler, scaler=self.scaler, no_improve=no_improve)
                 run_net, run_data = self.net, self.data
                 if s.augment is None and not s.mixup:
                     # the frozen stages see no augmentation or mixing: their output is computed once
