@@ -24,3 +24,19 @@ class IndexedImages:
 
     def batch(self, indices):
         return self.x[torch.as_tensor(np.asarray(indices))]
+
+
+def real_cpu_grad_scalers(monkeypatch, **options):
+    """The trainer's gradient scaler (fp16 autocast, V100 and T4) as a real torch ``GradScaler``
+    on the CPU, made with ``options``; returns the list of those made. Skips before torch 2.3."""
+    import pytest
+
+    import sktransfer.training._trainer as trainer_module
+
+    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_class is None:
+        pytest.skip("torch.amp.GradScaler: torch 2.3 and later")
+    made = []
+    monkeypatch.setattr(trainer_module, "grad_scaler",
+                        lambda device: made.append(scaler_class("cpu", **options)) or made[-1])
+    return made

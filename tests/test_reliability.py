@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from _interrupt import Killed, kill_at
+from _tiny import real_cpu_grad_scalers
 from PIL import Image
 from sklearn.exceptions import NotFittedError
 
@@ -198,15 +199,8 @@ def test_a_resumed_run_takes_up_the_gradient_scale(data, tmp_path, monkeypatch):
     """fp16 training (V100, T4) scales its loss; the scale, which halves at each overflow and here
     doubles after every good step, is part of the checkpoint. Played on the CPU by a real
     GradScaler: the resumed run equals the uninterrupted one, as without a scaler."""
-    import sktransfer.training._trainer as trainer_module
-
-    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
-    if scaler_class is None:
-        pytest.skip("torch.amp.GradScaler: torch 2.3 and later")
-    scalers = []
     # ln(10) = 2.3 (a zero head, 10 classes) times 2**127 overflows float32: the first steps are skipped
-    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: scalers.append(
-        scaler_class("cpu", init_scale=2.0 ** 127, growth_interval=1)) or scalers[-1])
+    scalers = real_cpu_grad_scalers(monkeypatch, init_scale=2.0 ** 127, growth_interval=1)
     X, y = data
     kw = dict(FAST, max_epochs=4, checkpoint_dir=str(tmp_path))
     reference = FineTuneClassifier(**dict(kw, checkpoint_dir=None)).fit(X, y)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from _tiny import IndexedImages, TinyConv
+from _tiny import IndexedImages, TinyConv, real_cpu_grad_scalers
 
 from sktransfer import load_backbone
 from sktransfer.training._network import TransferNet
@@ -115,14 +115,7 @@ def test_steps_the_scaler_skips_leave_the_weights_and_the_schedule_alone(monkeyp
     step before optimizer step" warning), and the steps that follow train."""
     import warnings
 
-    import sktransfer.training._trainer as trainer_module
-
-    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
-    if scaler_class is None:
-        pytest.skip("torch.amp.GradScaler: torch 2.3 and later")
-    scalers = []
-    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: scalers.append(
-        scaler_class("cpu", init_scale=2.0 ** 127, growth_interval=1000)) or scalers[-1])
+    scalers = real_cpu_grad_scalers(monkeypatch, init_scale=2.0 ** 127, growth_interval=1000)
     torch.manual_seed(0)
     start = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg").state_dict()
     with warnings.catch_warnings(record=True) as caught:
