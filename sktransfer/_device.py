@@ -53,8 +53,7 @@ def grad_scaler(device):
     gradients to zero; None elsewhere (bf16 has float32's range)."""
     if amp_dtype(device) != torch.float16:
         return None
-    amp = getattr(torch, "amp", None)
-    scaler = getattr(amp, "GradScaler", None)
+    scaler = getattr(torch.amp, "GradScaler", None)  # torch 2.3 on; torch.cuda.amp's before
     return scaler("cuda") if scaler is not None else torch.cuda.amp.GradScaler()
 
 

@@ -26,17 +26,22 @@ class IndexedImages:
         return self.x[torch.as_tensor(np.asarray(indices))]
 
 
-def real_cpu_grad_scalers(monkeypatch, **options):
-    """The trainer's gradient scaler (fp16 autocast, V100 and T4) as a real torch ``GradScaler``
-    on the CPU, made with ``options``; returns the list of those made. Skips before torch 2.3."""
-    import pytest
-
+def patched_grad_scalers(monkeypatch, make):
+    """The trainer's gradient scaler (fp16 autocast, V100 and T4) made by ``make()`` instead;
+    returns the list of those made, in order."""
     import sktransfer.training._trainer as trainer_module
 
-    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    made = []
+    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: made.append(make()) or made[-1])
+    return made
+
+
+def real_cpu_grad_scalers(monkeypatch, **options):
+    """:func:`patched_grad_scalers` with real torch ``GradScaler`` s on the CPU, made with
+    ``options``. Skips before torch 2.3."""
+    import pytest
+
+    scaler_class = getattr(torch.amp, "GradScaler", None)
     if scaler_class is None:
         pytest.skip("torch.amp.GradScaler: torch 2.3 and later")
-    made = []
-    monkeypatch.setattr(trainer_module, "grad_scaler",
-                        lambda device: made.append(scaler_class("cpu", **options)) or made[-1])
-    return made
+    return patched_grad_scalers(monkeypatch, lambda: scaler_class("cpu", **options))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from _tiny import IndexedImages, TinyConv, real_cpu_grad_scalers
+from _tiny import IndexedImages, TinyConv, patched_grad_scalers, real_cpu_grad_scalers
 
 from sktransfer import load_backbone
 from sktransfer.training._network import TransferNet
@@ -96,12 +96,8 @@ class _PowerOfTwoScaler:
 def test_fp16_training_goes_through_the_gradient_scaler(monkeypatch):
     """GPUs before Ampere autocast to fp16 (tests/test_cuda.py runs that on a GPU); the trainer
     then scales each step's loss, steps through the scaler and updates its scale."""
-    import sktransfer.training._trainer as trainer_module
-
     plain, _ = _train(0.0, [])
-    scalers = []
-    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: scalers.append(_PowerOfTwoScaler()) or
-                        scalers[-1])
+    scalers = patched_grad_scalers(monkeypatch, _PowerOfTwoScaler)
     scaled, _ = _train(0.0, [])
     assert scalers[0].calls == ["scale", "step", "update"] * 9  # 3 epochs x 3 batches
     for a, b in zip(plain.parameters(), scaled.parameters()):
@@ -132,11 +128,9 @@ def test_steps_the_scaler_skips_leave_the_weights_and_the_schedule_alone(monkeyp
 def test_partial_fit_keeps_its_gradient_scaler_with_its_optimizer(monkeypatch, digits):
     """Under fp16 autocast each partial_fit call steps on the scale the earlier calls settled,
     not on a fresh one; a new optimizer (after a fit, or on another device) starts a new scale."""
-    import sktransfer.training._trainer as trainer_module
     from sktransfer import FineTuneClassifier
 
-    made = []
-    monkeypatch.setattr(trainer_module, "grad_scaler", lambda device: made.append(_PowerOfTwoScaler()) or made[-1])
+    made = patched_grad_scalers(monkeypatch, _PowerOfTwoScaler)
     _, X, y = digits
     clf = FineTuneClassifier(image_size=32, batch_size=16, random_state=0)
     for _ in range(3):
