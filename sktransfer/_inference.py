@@ -39,9 +39,37 @@ def run_batches(fn, batches, device, emit, trainable_outputs=False):
     """
     run = HalvingOnOOM(lambda b: batch_invariant(fn, b))
     mode = torch.no_grad() if trainable_outputs else torch.inference_mode()
+    queued = []
     with mode, autocast(device):
         for start, stop, x in batches:
-            emit(start, stop, run(x).float().cpu())
+            queued.append((start, stop, *_to_host(run(x))))
+            if len(queued) > 1:  # the previous batch is handed on once this one is queued
+                _emit_when_copied(emit, *queued.pop(0))
+        for item in queued:
+            _emit_when_copied(emit, *item)
+
+
+def _to_host(out):
+    """``(out as float32 on the CPU, a CUDA event marking the copy done or None)``.
+
+    From a GPU the copy is asynchronous, into page-locked memory: the CPU goes
+    on preparing and queuing the next batch while the GPU runs this one (with
+    the asynchronous input copy of :func:`~sktransfer.data._preprocessing.to_device_async`).
+    """
+    out = out.float()
+    if out.device.type != "cuda":
+        return out.cpu(), None
+    host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+    host.copy_(out, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(out.device))  # the copy's stream, on any cuda:N
+    return host, copied
+
+
+def _emit_when_copied(emit, start, stop, out, copied):
+    if copied is not None:
+        copied.synchronize()
+    emit(start, stop, out)
 
 
 def _indexed_batches(data, indices, batch_size):

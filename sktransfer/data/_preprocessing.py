@@ -121,10 +121,18 @@ def _resized(images, spec, device):
     elif images.shape[1] not in (1, 3):
         to_rgb(images)  # raises the clear error
     white = 255.0 if images.dtype == torch.uint8 else 1.0
-    images = images.to(device, non_blocking=True)
+    images = to_device_async(images, device)
     if white != 1.0:
         images = images.contiguous().float()
     return resize(images, spec.image_size, spec.interpolation), white
+
+
+def to_device_async(images, device):
+    """``images`` on ``device``; from the CPU to a GPU through page-locked memory, so that the copy
+    does not wait for the GPU's earlier work and the CPU can go on meanwhile."""
+    if device.type == "cuda" and images.device.type == "cpu":
+        images = images.pin_memory()  # itself when pinned already
+    return images.to(device, non_blocking=True)
 
 
 def _normalized(images, white, spec, channels_last):
