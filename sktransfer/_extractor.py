@@ -91,11 +91,11 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         Overrides of the backbone's mean, std, interpolation or native size
         (needed for a custom ``nn.Module`` not trained on ImageNet statistics).
     batch_size : "auto" or int, default="auto"
-        Images per forward pass (memory is bounded by it). ``"auto"``: 64 on a
-        GPU; on the CPU, whose caches favour small batches of large images, the
-        power of two nearest below ``2**18 / image_size**2`` within [8, 64]
-        (8 at 224 px, 16 at 96-128 px, 64 at 64 px and below; measured in
-        docs/benchmarks.md). With ``"auto"``, ``adapt_bn`` measures its statistics on batches of 64.
+        Images per forward pass (memory is bounded by it). ``"auto"``: a power
+        of two; on a GPU 256 up to 256 px (larger batches spread the kernel
+        launches), halved as the pixels double (64 at 512 px, at least 16); on
+        the CPU, whose caches favour small batches, 8 at 224 px, 16 at 96-128
+        px, 64 at 64 px and below (docs/benchmarks.md). ``adapt_bn`` then uses 64.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA when present (bf16 autocast; fp16 on V100 and T4), else the CPU.
     num_workers : "auto" or int, default="auto"
@@ -367,10 +367,14 @@ def _batch_size(batch_size, device, image_size):
     """``batch_size``, with ``"auto"`` resolved (see the parameter's description)."""
     if batch_size != "auto":
         return batch_size
-    if device.type != "cpu":
-        return 64
-    fits = (1 << 18) // (image_size * image_size)  # about 2**18 pixels a batch
-    return min(64, max(8, 1 << max(fits, 1).bit_length() - 1))
+    if device.type != "cpu":  # about 2**24 pixels a batch: launches are amortised (docs/benchmarks.md)
+        return _power_of_two_below(2**24 // (image_size * image_size), 16, 256)
+    return _power_of_two_below(2**18 // (image_size * image_size), 8, 64)  # the CPU's caches
+
+
+def _power_of_two_below(n, lo, hi):
+    """The power of two nearest below ``n``, within ``[lo, hi]``."""
+    return min(hi, max(lo, 1 << max(n, 1).bit_length() - 1))
 
 
 def _num_workers(extractor, source, batch_size):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sktransfer import PretrainedFeatureExtractor
+from sktransfer._extractor import _batch_size
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,15 @@ def test_fit_does_not_touch_init_params_and_init_loads_nothing(monkeypatch):
     monkeypatch.setattr(mod, "setup_backbone", lambda *a, **k: pytest.fail("loaded in __init__"))
     ext = PretrainedFeatureExtractor(cache=False, layer=["stage1"], batch_size=3)
     assert ext.get_params()["layer"] == ["stage1"]
+
+
+def test_auto_batch_size_spends_a_pixel_budget_per_device():
+    sizes = (32, 64, 96, 128, 224, 256, 320, 512, 1024)
+    # the CPU's caches favour small batches of large images; a GPU, batches that spread its launches
+    assert [_batch_size("auto", torch.device("cpu"), s) for s in sizes] == [64, 64, 16, 16, 8, 8, 8, 8, 8]
+    assert [_batch_size("auto", torch.device("cuda"), s) for s in sizes] == [256, 256, 256, 256, 256, 256, 128,
+                                                                               64, 16]
+    assert _batch_size(5, torch.device("cuda"), 224) == 5
 
 
 def test_embedding_is_average_pooled_last_feature_map(X):
