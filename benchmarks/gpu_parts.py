@@ -71,6 +71,8 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_parts.py needs a CUDA GPU")
+    if args.n % 256:
+        raise SystemExit("--n must be a multiple of 256 (the CUDA graph runs whole batches)")
     n, images = args.n, photos(args.n, 256)
     backbone = load_backbone("efficientnet_lite0").eval()
     model, spec = backbone.model.cuda(), backbone.preprocessing

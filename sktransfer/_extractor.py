@@ -91,11 +91,11 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         Overrides of the backbone's mean, std, interpolation or native size
         (needed for a custom ``nn.Module`` not trained on ImageNet statistics).
     batch_size : "auto" or int, default="auto"
-        Images per forward pass (memory is bounded by it). ``"auto"``: a power
-        of two; on a GPU 256 up to 256 px (larger batches spread the kernel
-        launches), halved as the pixels double (64 at 512 px, at least 16); on
-        the CPU, whose caches favour small batches, 8 at 224 px, 16 at 96-128
-        px, 64 at 64 px and below (docs/benchmarks.md). ``adapt_bn`` then uses 64.
+        Images per forward pass (memory is bounded by it). ``"auto"``: on a GPU
+        256 up to 256 px, halved as the pixels double (64 at 512 px, and for
+        arrays, resized on the GPU, 64 from 1024 px of their own; at least 16);
+        on the CPU, 8 at 224 px, 16 at 96-128 px, 64 at 64 px and below
+        (docs/benchmarks.md). ``adapt_bn`` then uses batches of 64.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         ``"auto"`` uses CUDA when present (bf16 autocast; fp16 on V100 and T4), else the CPU.
     num_workers : "auto" or int, default="auto"
@@ -293,7 +293,7 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
     def _run(self, source, bar=None):
         device = resolve_device(self.device)
         _network_on(self, device)
-        batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size)
+        batch_size = _batch_size(self.batch_size, device, self.preprocessing_.image_size, source.input_pixels)
         runner = None
         if _wants_optimized(self.optimize, device, len(source), built="_optimized" in self.__dict__):
             runner = _optimized_runner(self, batch_size)
@@ -363,12 +363,16 @@ def _wants_optimized(optimize, device, n_images, built=False):
     return optimize is True or built or n_images >= OPTIMIZE_MIN_IMAGES
 
 
-def _batch_size(batch_size, device, image_size):
-    """``batch_size``, with ``"auto"`` resolved (see the parameter's description)."""
+def _batch_size(batch_size, device, image_size, input_pixels=None):
+    """``batch_size``, with ``"auto"`` resolved (see the parameter's description); ``input_pixels``:
+    those of each image where whole batches reach the device at full size (arrays)."""
     if batch_size != "auto":
         return batch_size
     if device.type != "cpu":  # about 2**24 pixels a batch: launches are amortised (docs/benchmarks.md)
-        return _power_of_two_below(2**24 // (image_size * image_size), 16, 256)
+        fits = 2**24 // (image_size * image_size)
+        if input_pixels:  # and at most 2**26 at the arrays' own size, before they are resized there
+            fits = min(fits, 2**26 // input_pixels)
+        return _power_of_two_below(fits, 16, 256)
     return _power_of_two_below(2**18 // (image_size * image_size), 8, 64)  # the CPU's caches
 
 

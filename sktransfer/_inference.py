@@ -29,32 +29,45 @@ def batch_invariant(fn, x):
 
 
 @keeping_freed_memory
-def run_batches(fn, batches, device, emit, trainable_outputs=False):
+def run_batches(fn, batches, device, emit, trainable_outputs=False, queue=True):
     """Call ``emit(start, stop, out)`` with ``fn``'s float32 CPU output for each
     ``(start, stop, x)`` of ``batches``, in order.
 
     ``trainable_outputs=True`` runs under ``no_grad`` instead of
     ``inference_mode``: the outputs then feed layers that train (a precomputed
     frozen prefix), which inference tensors cannot.
+
+    On a GPU with ``queue=True``, each output is copied back asynchronously into
+    page-locked memory and handed to ``emit`` once the next batch is queued: the
+    CPU prepares and launches batch k+1 while the GPU runs batch k. ``emit``
+    must not keep the tensor it is given (each holds a page-locked block);
+    ``queue=False`` copies each output back before the next batch starts, into
+    ordinary memory, for outputs that are kept. On the CPU ``emit`` is called
+    as soon as each batch is done.
     """
     run = HalvingOnOOM(lambda b: batch_invariant(fn, b))
     mode = torch.no_grad() if trainable_outputs else torch.inference_mode()
-    queued = []
+    queued = None
     with mode, autocast(device):
         for start, stop, x in batches:
-            queued.append((start, stop, *_to_host(run(x))))
-            if len(queued) > 1:  # the previous batch is handed on once this one is queued
-                _emit_when_copied(emit, *queued.pop(0))
-        for item in queued:
-            _emit_when_copied(emit, *item)
+            out = run(x)
+            host, copied = _to_host(out) if queue else (out.float().cpu(), None)
+            if queued is not None:  # the previous batch, now that this one is queued
+                _emit_when_copied(emit, *queued)
+                queued = None
+            if copied is None:
+                emit(start, stop, host)
+            else:
+                queued = (start, stop, host, copied)
+        if queued is not None:
+            _emit_when_copied(emit, *queued)
 
 
 def _to_host(out):
     """``(out as float32 on the CPU, a CUDA event marking the copy done or None)``.
 
-    From a GPU the copy is asynchronous, into page-locked memory: the CPU goes
-    on preparing and queuing the next batch while the GPU runs this one (with
-    the asynchronous input copy of :func:`~sktransfer.data._preprocessing.to_device_async`).
+    From a GPU the copy is asynchronous, into page-locked memory (with the
+    asynchronous input copy of :func:`~sktransfer.data._preprocessing.to_device_async`).
     """
     out = out.float()
     if out.device.type != "cuda":
@@ -67,8 +80,7 @@ def _to_host(out):
 
 
 def _emit_when_copied(emit, start, stop, out, copied):
-    if copied is not None:
-        copied.synchronize()
+    copied.synchronize()
     emit(start, stop, out)
 
 
@@ -109,7 +121,7 @@ def predict_images(net, source, spec, device, batch_size, num_workers=0):
     # channels_last only on CUDA: on the CPU its kernels made predictions depend on the batch size
     # (~1e-6, scikit-learn's check_methods_subset_invariance)
     forward_batches(net, source, spec, device, batch_size, device.type == "cuda", num_workers,
-                    lambda start, stop, out: outs.append(out))
+                    lambda start, stop, out: outs.append(out.clone()))
     return torch.cat(outs)
 
 
@@ -118,7 +130,7 @@ def predict_logits(net, data, indices, device, batch_size):
     net.eval()
     outs = []
     run_batches(net, _indexed_batches(data, np.asarray(indices), batch_size), device,
-                lambda start, stop, out: outs.append(out))
+                lambda start, stop, out: outs.append(out.clone()))
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -129,5 +141,5 @@ def precompute(fn, net, data, device, batch_size, indices=None):
     outs = []
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
     run_batches(fn, _indexed_batches(data, indices, batch_size), device,
-                lambda start, stop, out: outs.append(out), trainable_outputs=True)
+                lambda start, stop, out: outs.append(out), trainable_outputs=True, queue=False)
     return pinned(torch.cat(outs), device)

@@ -84,8 +84,10 @@ def devices(module):
 def autocast_close(p, q):
     """Whether one network's class probabilities ``p`` in autocast and ``q`` in float32 agree as its
     rounding allows. bf16 flips near-ties and moves a few probabilities by 0.1-0.2 (measured on the
-    H200); the CPU's bf16 autocast on these tests' models: 98-99% agree, mean difference 0.001-0.004."""
-    return np.mean(p.argmax(1) == q.argmax(1)) >= 0.95 and np.abs(p - q).mean() < 0.02
+    H200); the CPU's bf16 autocast on these tests' models: 98-99% agree, mean difference 0.001-0.004,
+    largest 0.06-0.15."""
+    diff = np.abs(p - q)
+    return np.mean(p.argmax(1) == q.argmax(1)) >= 0.95 and diff.mean() < 0.02 and diff.max() < 0.3
 
 
 def cosines(a, b):

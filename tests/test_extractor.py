@@ -37,6 +37,49 @@ def test_auto_batch_size_spends_a_pixel_budget_per_device():
     assert [_batch_size("auto", torch.device("cuda"), s) for s in sizes] == [256, 256, 256, 256, 256, 256, 128,
                                                                                64, 16]
     assert _batch_size(5, torch.device("cuda"), 224) == 5
+    # arrays reach a GPU at their own size before it resizes them: at most 2**26 of their pixels a batch
+    big = [_batch_size("auto", torch.device("cuda"), 224, side * side) for side in (256, 512, 1024, 2048, 4096)]
+    assert big == [256, 256, 64, 16, 16]
+    assert _batch_size("auto", torch.device("cpu"), 224, 2048 * 2048) == 8  # the CPU resizes batch by batch
+
+
+def test_transform_sizes_batches_by_the_pixels_that_reach_the_device(X, tmp_path, monkeypatch):
+    import sktransfer._extractor as extractor_module
+    from PIL import Image
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[3])
+        return _batch_size(*args)
+
+    monkeypatch.setattr(extractor_module, "_batch_size", spy)
+    ext = PretrainedFeatureExtractor(image_size=32, cache=False).fit(X)
+    ext.transform(X)  # (3, 40, 40, 3) arrays
+    paths = [str(tmp_path / f"{i}.png") for i in range(len(X))]
+    for path, image in zip(paths, X):
+        Image.fromarray(image).save(path)
+    ext.transform(paths)  # files are resized before they reach it
+    ext.set_params(cache=True).transform(X[::-1])  # the cache's subset of arrays
+    assert seen == [40 * 40, None, 40 * 40]
+
+
+@pytest.mark.parametrize("queue", [True, False])
+def test_batches_are_handed_on_as_soon_as_they_run_on_the_cpu(queue):
+    from sktransfer._inference import run_batches
+
+    events = []
+
+    def batches():
+        for k in range(3):
+            events.append(("drawn", k))
+            yield k, k + 1, torch.full((1, 2), float(k))
+
+    run_batches(lambda x: x * 2, batches(), torch.device("cpu"),
+                lambda start, stop, out: events.append(("emitted", start, out.tolist())), queue=queue)
+    # only a GPU hands a batch on one behind (its copy back runs while the next batch is queued)
+    assert events == [("drawn", 0), ("emitted", 0, [[0.0, 0.0]]), ("drawn", 1), ("emitted", 1, [[2.0, 2.0]]),
+                      ("drawn", 2), ("emitted", 2, [[4.0, 4.0]])]
 
 
 def test_embedding_is_average_pooled_last_feature_map(X):

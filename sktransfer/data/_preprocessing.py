@@ -131,6 +131,8 @@ def to_device_async(images, device):
     """``images`` on ``device``; from the CPU to a GPU through page-locked memory, so that the copy
     does not wait for the GPU's earlier work and the CPU can go on meanwhile."""
     if device.type == "cuda" and images.device.type == "cpu":
+        if not (images.is_contiguous() or images.is_contiguous(memory_format=torch.channels_last)):
+            images = images.contiguous()  # a view with gaps (RGBA's RGB) would be copied again
         images = images.pin_memory()  # itself when pinned already
     return images.to(device, non_blocking=True)
 

@@ -48,6 +48,9 @@ class ImageSource:
 
     #: numeric arrays report their raw value range; files and PIL images are uint8
     value_range = None
+    #: pixels per image where whole batches reach the device at full size (arrays); None where
+    #: images are resized first or prepared in small groups (files, PIL images, mixed sizes)
+    input_pixels = None
 
     def __len__(self):
         raise NotImplementedError
@@ -98,6 +101,7 @@ class ArraySource(ImageSource):
         self.pixel_range = pixel_range
         fixed = _dtype_name(data) in _FIXED_SCALES
         self.value_range = None if fixed or len(data) == 0 else _minmax(data)
+        self.input_pixels = math.prod(data.shape[2:])
 
     def __len__(self):
         return len(self.data)
@@ -122,6 +126,10 @@ class SubsetSource(ImageSource):
     @property
     def decodes_files(self):
         return self.source.decodes_files
+
+    @property
+    def input_pixels(self):
+        return self.source.input_pixels
 
 
 def _minmax(data):
