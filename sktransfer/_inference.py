@@ -40,7 +40,8 @@ def run_batches(fn, batches, device, emit, trainable_outputs=False, queue=True):
     On a GPU with ``queue=True``, each output is copied back asynchronously into
     page-locked memory and handed to ``emit`` once the next batch is queued: the
     CPU prepares and launches batch k+1 while the GPU runs batch k. ``emit``
-    must not keep the tensor it is given (each holds a page-locked block);
+    must not keep the tensor it is given (each holds a page-locked block;
+    :class:`_Rows` copies it into one tensor);
     ``queue=False`` copies each output back before the next batch starts, into
     ordinary memory, for outputs that are kept. On the CPU ``emit`` is called
     as soon as each batch is done.
@@ -96,20 +97,28 @@ def forward_batches(fn, source, spec, device, batch_size, channels_last, num_wor
     run_batches(fn, batches, device, emit)
 
 
+class _Rows:
+    """An ``emit`` for :func:`run_batches` that copies each batch's output into one float32 CPU
+    tensor of ``n`` rows, made at the first batch (its other dimensions are the output's). No
+    batch's tensor is kept: from a GPU they arrive in page-locked blocks that are reused."""
+
+    def __init__(self, n, progress=None):
+        self.n, self.progress, self.out = n, progress, None
+
+    def __call__(self, start, stop, out):
+        if self.out is None:
+            with torch.inference_mode(False):  # a normal tensor for the caller, not an inference one
+                self.out = torch.empty((self.n, *out.shape[1:]), dtype=torch.float32)
+        self.out[start:stop] = out
+        if self.progress is not None:
+            self.progress.update(stop - start)
+
+
 def extract(fn, source, spec, device, batch_size, channels_last=True, progress=None, num_workers=0):
     """``fn``'s 2-D output for every image of ``source`` as a float32 numpy array."""
-    out = None
-
-    def emit(start, stop, feats):
-        nonlocal out
-        if out is None:
-            out = np.empty((len(source), feats.shape[1]), dtype=np.float32)
-        out[start:stop] = feats.numpy()
-        if progress is not None:
-            progress.update(stop - start)
-
-    forward_batches(fn, source, spec, device, batch_size, channels_last, num_workers, emit)
-    return out
+    rows = _Rows(len(source), progress)
+    forward_batches(fn, source, spec, device, batch_size, channels_last, num_workers, rows)
+    return rows.out.numpy()
 
 
 def predict_images(net, source, spec, device, batch_size, num_workers=0):
@@ -117,21 +126,20 @@ def predict_images(net, source, spec, device, batch_size, num_workers=0):
     if module_device(net) != device:
         net.to(device)
     net.eval()
-    outs = []
+    rows = _Rows(len(source))
     # channels_last only on CUDA: on the CPU its kernels made predictions depend on the batch size
     # (~1e-6, scikit-learn's check_methods_subset_invariance)
-    forward_batches(net, source, spec, device, batch_size, device.type == "cuda", num_workers,
-                    lambda start, stop, out: outs.append(out.clone()))
-    return torch.cat(outs)
+    forward_batches(net, source, spec, device, batch_size, device.type == "cuda", num_workers, rows)
+    return rows.out
 
 
 def predict_logits(net, data, indices, device, batch_size):
     """``net``'s outputs (eval mode) for the prepared images at ``indices`` (validation scores)."""
     net.eval()
-    outs = []
-    run_batches(net, _indexed_batches(data, np.asarray(indices), batch_size), device,
-                lambda start, stop, out: outs.append(out.clone()))
-    return torch.cat(outs) if outs else torch.empty(0)
+    indices = np.asarray(indices)
+    rows = _Rows(len(indices))
+    run_batches(net, _indexed_batches(data, indices, batch_size), device, rows)
+    return rows.out if rows.out is not None else torch.empty(0)
 
 
 def precompute(fn, net, data, device, batch_size, indices=None):
