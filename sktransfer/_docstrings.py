@@ -23,6 +23,9 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     max_epochs : int, default=10
         Fine-tuning epochs (after any linear-probe epochs).
     batch_size : int, default=32
+        Images per training step, and per forward pass on the CPU. On a GPU,
+        ``predict`` runs ``max(batch_size, n)`` images a pass, ``n`` being the
+        extractor's ``batch_size="auto"`` there (256 up to 256 px).
     lr : float, default=2e-3
         Peak learning rate of the new head (and, times ``backbone_lr_scale``,
         of the backbone).

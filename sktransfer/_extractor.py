@@ -20,7 +20,7 @@ from ._extractor_setup import (
     traced_runner,
     work_out,
 )
-from ._inference import extract
+from ._inference import extract, gpu_batch_size, power_of_two_below
 from ._persistence import SaveMixin
 from ._progress import progress_bar
 from ._validation import Device, Number, PixelRange
@@ -368,17 +368,9 @@ def _batch_size(batch_size, device, image_size, input_pixels=None):
     those of each image where whole batches reach the device at full size (arrays)."""
     if batch_size != "auto":
         return batch_size
-    if device.type != "cpu":  # about 2**24 pixels a batch: launches are amortised (docs/benchmarks.md)
-        fits = 2**24 // (image_size * image_size)
-        if input_pixels:  # and at most 2**26 at the arrays' own size, before they are resized there
-            fits = min(fits, 2**26 // input_pixels)
-        return _power_of_two_below(fits, 16, 256)
-    return _power_of_two_below(2**18 // (image_size * image_size), 8, 64)  # the CPU's caches
-
-
-def _power_of_two_below(n, lo, hi):
-    """The power of two nearest below ``n``, within ``[lo, hi]``."""
-    return min(hi, max(lo, 1 << max(n, 1).bit_length() - 1))
+    if device.type != "cpu":
+        return gpu_batch_size(image_size, input_pixels)
+    return power_of_two_below(2**18 // (image_size * image_size), 8, 64)  # the CPU's caches
 
 
 def _num_workers(extractor, source, batch_size):

@@ -25,7 +25,7 @@ from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
 from ._domain import AdaptationMixin, with_unlabelled
 from ._fitting import fit_scope, seeded
-from ._inference import predict_images
+from ._inference import predict_batch_size, predict_images
 from ._persistence import SaveMixin
 from ._targets import check_y, target_rows, task_weight_array
 from ._validation import Device, Number, Pattern, PixelRange
@@ -372,9 +372,10 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         check_is_fitted(self, "net_")
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
         device = resolve_device(self.device)
-        workers = resolve_num_workers(self.num_workers, source, self.batch_size)
+        batch_size = predict_batch_size(self.batch_size, device, self.preprocessing_.image_size, source.input_pixels)
+        workers = resolve_num_workers(self.num_workers, source, batch_size)
         net = self.net_ if net is None else net
-        return predict_images(net, source, self.preprocessing_, device, self.batch_size, workers)
+        return predict_images(net, source, self.preprocessing_, device, batch_size, workers)
 
     # --------------------------------------------------------------- transfer
     def export_backbone(self):

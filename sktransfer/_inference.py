@@ -13,7 +13,28 @@ import torch
 
 from ._allocator import keeping_freed_memory
 from ._device import HalvingOnOOM, autocast, module_device
-from .data._batches import pinned, prepared_batches
+from .data._batches import GPU_BATCH_INPUT_PIXELS, prepared_batches
+
+
+def gpu_batch_size(image_size, input_pixels=None):
+    """A batch for forward passes on a GPU: about 2**24 pixels, so that kernel launches are
+    amortised (docs/benchmarks.md), and for arrays, which reach the GPU at their own size before
+    they are resized there, at most ``GPU_BATCH_INPUT_PIXELS`` of theirs; a power of two in [16, 256]."""
+    fits = 2**24 // (image_size * image_size)
+    if input_pixels:
+        fits = min(fits, GPU_BATCH_INPUT_PIXELS // input_pixels)
+    return power_of_two_below(fits, 16, 256)
+
+
+def predict_batch_size(batch_size, device, image_size, input_pixels=None):
+    """A training ``batch_size`` for forward passes alone: on a GPU at least :func:`gpu_batch_size`
+    (batches of 64 left the H200 waiting for kernel launches: 2.2-2.5x, docs/benchmarks.md)."""
+    return batch_size if device.type == "cpu" else max(batch_size, gpu_batch_size(image_size, input_pixels))
+
+
+def power_of_two_below(n, lo, hi):
+    """The power of two nearest below ``n``, within ``[lo, hi]``."""
+    return min(hi, max(lo, 1 << max(n, 1).bit_length() - 1))
 
 
 def batch_invariant(fn, x):
@@ -144,10 +165,10 @@ def predict_logits(net, data, indices, device, batch_size):
 
 def precompute(fn, net, data, device, batch_size, indices=None):
     """``fn`` applied once to every prepared image (or those at ``indices``),
-    ``net`` in eval mode, kept on the CPU (pinned for a GPU)."""
+    ``net`` in eval mode, on the CPU."""
     net.eval()
     outs = []
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
     run_batches(fn, _indexed_batches(data, indices, batch_size), device,
                 lambda start, stop, out: outs.append(out), trainable_outputs=True, queue=False)
-    return pinned(torch.cat(outs), device)
+    return torch.cat(outs)

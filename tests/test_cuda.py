@@ -160,6 +160,82 @@ def test_classifier_trains_on_cuda_in_autocast_channels_last(split):
     assert on_gpu > 0.8 and on_gpu >= on_cpu - 0.05, (on_gpu, on_cpu)
 
 
+@pytest.mark.parametrize("fraction", [0.25, 0.0], ids=["fits-on-the-gpu", "kept-on-the-cpu"])
+def test_training_data_waits_on_the_gpu_when_it_fits(split, monkeypatch, fraction):
+    from sktransfer import load_backbone
+    from sktransfer.data import _batches
+    from sktransfer.data._sources import ArraySource
+    from sktransfer.training import _frozen_prefix
+
+    monkeypatch.setattr(_batches, "GPU_RESIDENT_FRACTION", fraction)
+    where = "cuda" if fraction else "cpu"
+    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=32)
+    source = ArraySource(torch.rand(40, 3, 48, 48, generator=torch.Generator().manual_seed(0)), (0.0, 1.0))
+    reference = _batches.PreparedImages(source, spec, torch.device("cpu"), True)
+    data = _batches.PreparedImages(source, spec, torch.device("cuda"), True)
+    assert data.cache.device.type == where
+    idx = np.array([7, 3, 39, 0, 3])
+    x = data.batch(idx)
+    assert x.device.type == "cuda" and x.is_contiguous(memory_format=torch.channels_last)
+    # resized on the GPU where they wait there: not bitwise the CPU's; another row differs by ~1
+    torch.testing.assert_close(x.cpu(), reference.batch(idx), rtol=0, atol=1e-3 if fraction else 0)
+    # the frozen prefix's precomputed activations (freeze_depth=2, no augmentation) likewise
+    placed = []
+
+    def spy(tensor, device):
+        out = _batches.resident(tensor, device)
+        placed.append(out.device.type)
+        return out
+
+    monkeypatch.setattr(_frozen_prefix, "resident", spy)
+    X, y, X_test, y_test = split
+    clf = FineTuneClassifier(device="cuda", freeze_depth=2, augment=False, mixup=0.0, **FAST).fit(X, y)
+    assert placed == [where]
+    assert clf.score(X_test, y_test) > 0.8
+
+
+def test_large_arrays_are_prepared_on_the_gpu_in_bounded_batches(monkeypatch):
+    from sktransfer import load_backbone
+    from sktransfer.data import _batches
+    from sktransfer.data._sources import ArraySource
+
+    sizes = []
+    real = _batches.prepared_batches
+
+    def spy(source, spec, batch_size, device, **kwargs):
+        sizes.append((batch_size, device.type))
+        return real(source, spec, batch_size, device, **kwargs)
+
+    monkeypatch.setattr(_batches, "prepared_batches", spy)
+    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=32)
+    grey = torch.full((6, 3, 4096, 4096), 128, dtype=torch.uint8)  # 2**24 pixels an image
+    data = _batches.PreparedImages(ArraySource(grey, (0.0, 255.0)), spec, torch.device("cuda"), True)
+    assert sizes == [(4, "cuda")]  # 2**26 input pixels a batch (GPU_BATCH_INPUT_PIXELS), not 256 images
+    expected = (128 / 255 - torch.tensor(spec.mean)) / torch.tensor(spec.std)
+    torch.testing.assert_close(data.cache.cpu(), expected.view(1, 3, 1, 1).expand(6, 3, 32, 32), atol=1e-4, rtol=0)
+
+
+def test_gpu_predictions_run_in_larger_batches_than_training(split, monkeypatch):
+    import sktransfer._finetune as finetune
+
+    X, y, X_test, _ = split
+    clf = FineTuneClassifier(device="cuda", max_epochs=1, **FAST).fit(X, y)  # batch_size=16
+    sizes = []
+
+    def spy(net, source, spec, device, batch_size, num_workers=0):
+        sizes.append(batch_size)
+        return predict_images(net, source, spec, device, batch_size, num_workers)
+
+    predict_images = finetune.predict_images
+    expected = clf.predict_proba(X_test)
+    monkeypatch.setattr(finetune, "predict_images", spy)
+    np.testing.assert_allclose(clf.predict_proba(X_test), expected, atol=1e-6)
+    assert sizes == [256]  # 32 px: the extractor's GPU rule
+    clf.set_params(device="cpu")
+    clf.predict_proba(X_test[:20])
+    assert sizes == [256, 16]
+
+
 def test_gpus_before_ampere_train_in_fp16_with_a_gradient_scaler(split, monkeypatch):
     """What a T4 or V100 runs (compute capability 7.x: fp16 autocast and a GradScaler), on this GPU."""
     X, y, X_test, y_test = split

@@ -102,9 +102,14 @@ def resize(batch, size, interpolation):
         return batch
     if interpolation in ("nearest", "area"):
         return F.interpolate(batch, size=(size, size), mode=interpolation)
-    return F.interpolate(
-        batch, size=(size, size), mode=interpolation, align_corners=False, antialias=True
-    )
+    try:
+        return F.interpolate(batch, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
+    except RuntimeError as exc:
+        # CUDA's antialiased kernels keep each output's filter weights in shared memory: shrinking
+        # more than about 47x (bicubic, float32) does not fit there. The CPU's kernel has no limit.
+        if batch.device.type == "cpu" or "shared memory" not in str(exc):
+            raise
+        return resize(batch.cpu(), size, interpolation).to(batch.device)
 
 
 def _resized(images, spec, device):

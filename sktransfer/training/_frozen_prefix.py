@@ -23,7 +23,7 @@ from torch import nn
 from .._inference import precompute
 from ..backbones._chain import module_chain
 from ..backbones._pooling import pool
-from ..data._batches import to_device
+from ..data._batches import gather, resident
 from ._freezing import train_mode
 
 PREFIX_CACHE_BYTES = 2 * 2**30
@@ -141,11 +141,11 @@ class FeatureData:
     """Precomputed features (or activations) served in batches, like :class:`PreparedImages`."""
 
     def __init__(self, features, device):
-        self.features = features
+        self.features = resident(features, device)
         self.device = device
 
     def __len__(self):
         return len(self.features)
 
     def batch(self, indices):
-        return to_device(self.features[torch.from_numpy(np.asarray(indices))], self.device)
+        return gather(self.features, indices, self.device)
