@@ -139,7 +139,8 @@ class HalvingOnOOM:
                 if self.limit is None:
                     warnings.warn(
                         f"Out of device memory at a batch of {limit} images; retrying with batches "
-                        f"of {limit // 2}. Pass a smaller batch_size to avoid the retry.",
+                        f"of {limit // 2}. To avoid the retry, free device memory or lower batch_size or "
+                        f"image_size (a fine-tuned model predicts on a GPU in larger batches: see batch_size).",
                         RuntimeWarning, stacklevel=2,
                     )
                 self.limit = limit // 2

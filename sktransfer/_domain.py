@@ -22,7 +22,7 @@ from torch import nn
 
 from ._device import resolve_device
 from ._docstrings import ADAPTATION_MIN_STEPS, DEFAULT_MIN_STEPS
-from ._inference import predict_images
+from ._inference import predict_batch_size, predict_images
 from ._validation import Number
 from .data._sources import as_images
 from .training._adaptation import (
@@ -144,8 +144,9 @@ class AdaptationMixin:
         """Pooled backbone features of images ``X`` (what the head sees), for ``sktransfer.metrics``."""
         check_is_fitted(self, "net_")
         source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
-        features = _Features(self.net_)
-        out = predict_images(features, source, self.preprocessing_, resolve_device(self.device), self.batch_size)
+        features, device = _Features(self.net_), resolve_device(self.device)
+        batch_size = predict_batch_size(self.batch_size, device, self.preprocessing_.image_size, source.input_pixels)
+        out = predict_images(features, source, self.preprocessing_, device, batch_size)
         return out.float().cpu().numpy()
 
 

@@ -167,8 +167,7 @@ def precompute(fn, net, data, device, batch_size, indices=None):
     """``fn`` applied once to every prepared image (or those at ``indices``),
     ``net`` in eval mode, on the CPU."""
     net.eval()
-    outs = []
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
-    run_batches(fn, _indexed_batches(data, indices, batch_size), device,
-                lambda start, stop, out: outs.append(out), trainable_outputs=True, queue=False)
-    return torch.cat(outs)
+    rows = _Rows(len(indices))
+    run_batches(fn, _indexed_batches(data, indices, batch_size), device, rows, trainable_outputs=True, queue=False)
+    return rows.out

@@ -64,8 +64,8 @@ def resolve_num_workers(num_workers, source, batch_size):
 
 
 def to_device(x, device, channels_last=False):
-    """A prepared CPU batch on ``device`` (asynchronous copy, from page-locked memory for a GPU),
-    channels_last when asked."""
+    """A prepared batch on ``device`` (from the CPU to a GPU an asynchronous copy from page-locked
+    memory), channels_last when asked."""
     x = to_device_async(x, device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -139,7 +139,7 @@ class PreparedImages:
     once (float32; image files decoded in ``num_workers`` processes) and epochs
     only index them; otherwise each batch is decoded and resized when asked for.
     For a GPU the prepared images wait on it when they fit there
-    (:func:`fits_on_gpu`; arrays are then also resized there), else on the CPU.
+    (:func:`fits_on_gpu`), else on the CPU; arrays are resized on it either way.
     """
 
     def __init__(self, source, spec, device, channels_last, num_workers=0):
@@ -152,11 +152,14 @@ class PreparedImages:
         shape = (len(source), 3, size, size)
         if math.prod(shape) * 4 <= PREPARED_CACHE_BYTES:
             where = device if fits_on_gpu(math.prod(shape) * 4, device) else torch.device("cpu")
+            # arrays are resized on the device wherever they wait, so that their values do not depend
+            # on the memory free; files are decoded and resized on the CPU anyway
+            on = where if source.decodes_files else device
             batch_size = 256
-            if where.type != "cpu" and source.input_pixels:  # arrays reach the GPU at their own size
+            if on.type != "cpu" and source.input_pixels:  # arrays reach the GPU at their own size
                 batch_size = max(1, min(batch_size, GPU_BATCH_INPUT_PIXELS // source.input_pixels))
             self.cache = torch.empty(shape, dtype=torch.float32, device=where)
-            for start, stop, x in prepared_batches(source, spec, batch_size, where, num_workers=num_workers):
+            for start, stop, x in prepared_batches(source, spec, batch_size, on, num_workers=num_workers):
                 self.cache[start:stop] = x
 
     def __len__(self):
@@ -182,14 +185,18 @@ def batch_indices(n, batch_size, rng=None):
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-GPU_RESIDENT_FRACTION = 0.25
+GPU_RESIDENT_FRACTION = 0.1
 
 
 def fits_on_gpu(nbytes, device):
     """Whether a dataset of ``nbytes`` waits between batches on ``device``, a GPU: when it takes
-    at most ``GPU_RESIDENT_FRACTION`` of the GPU's free memory. Batches are then indexed there,
-    with no copy per step (epochs 14-35% shorter on an H200, docs/benchmarks.md)."""
-    return device.type == "cuda" and nbytes <= GPU_RESIDENT_FRACTION * torch.cuda.mem_get_info(device)[0]
+    at most ``GPU_RESIDENT_FRACTION`` of the GPU's free memory (blocks that torch holds unused
+    count as free), leaving the rest to training. Batches are then indexed there, with no copy
+    per step (epochs 14-35% shorter on an H200, docs/benchmarks.md)."""
+    if device.type != "cuda":
+        return False
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return nbytes <= GPU_RESIDENT_FRACTION * free
 
 
 def resident(tensor, device):
@@ -202,4 +209,7 @@ def resident(tensor, device):
 
 def gather(tensor, indices, device, channels_last=False):
     """The rows ``indices`` of a :func:`resident` tensor, on ``device``, channels_last when asked."""
-    return to_device(tensor[torch.from_numpy(np.asarray(indices))], device, channels_last)
+    index = torch.from_numpy(np.asarray(indices))
+    if tensor.is_cuda:  # torch would copy a CPU index from pageable memory, waiting for the GPU
+        index = index.pin_memory().to(tensor.device, non_blocking=True)
+    return to_device(tensor[index], device, channels_last)
