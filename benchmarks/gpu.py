@@ -95,20 +95,26 @@ def hand_loop(X, y, epochs, batch_size, lr, seed):
     return net.eval()
 
 
+def ready_tensors(image_size):
+    """``X`` (uint8 NHWC) -> Lite0's normalised float32 input at ``image_size``, on the CPU."""
+    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=image_size)
+    return lambda X: prepare_batch(torch.from_numpy(X).permute(0, 3, 1, 2), spec, torch.device("cpu"))
+
+
+def hand_accuracy(Xtr, ytr, Xte, yte, ready, epochs, batch_size, lr):
+    """The hand-written loop's fit on ``ready(Xtr)`` and its bf16 test accuracy."""
+    net = hand_loop(ready(Xtr), ytr, epochs, batch_size, lr, 0)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        pred = net(ready(Xte).cuda().contiguous(memory_format=torch.channels_last)).argmax(1).cpu().numpy()
+    return float((pred == yte).mean())
+
+
 def fine_tuning(epochs, batch_size, lr=1e-3, image_size=224):
     """Part 2's table; each fit once after a warm-up fit (CUDA's kernels chosen and loaded)."""
     Xtr, Xte, ytr, yte = photo_crops(per_class=160, size=64)
-    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=image_size)
-    ready = lambda X: prepare_batch(torch.from_numpy(X).permute(0, 3, 1, 2), spec, torch.device("cpu"))  # noqa: E731
+    ready = ready_tensors(image_size)
     rows = []
-
-    def hand():
-        net = hand_loop(ready(Xtr), ytr, epochs, batch_size, lr, 0)
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
-            pred = net(ready(Xte).cuda().contiguous(memory_format=torch.channels_last)).argmax(1).cpu().numpy()
-        return float((pred == yte).mean())
-
-    acc, t = timed(hand, repeats=1)
+    acc, t = timed(lambda: hand_accuracy(Xtr, ytr, Xte, yte, ready, epochs, batch_size, lr), repeats=1)
     rows.append(("hand-written loop: AdamW, bf16 autocast, channels_last, ready GPU tensors", acc, t))
     try:
         from skorch import NeuralNetClassifier

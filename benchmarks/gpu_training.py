@@ -27,12 +27,11 @@ import argparse
 import torch
 from _common import machine, photos
 from finetune import SAME_NETWORK, photo_crops
-from gpu import hand_loop, timed
+from gpu import hand_accuracy, ready_tensors, timed
 
 import sktransfer._inference as inference
 import sktransfer.data._batches as batches
-from sktransfer import FineTuneClassifier, load_backbone
-from sktransfer.data._preprocessing import prepare_batch
+from sktransfer import FineTuneClassifier
 
 
 def pageable(x, device, channels_last=False):
@@ -72,16 +71,8 @@ def main():
     recipe = dict(SAME_NETWORK, max_epochs=args.epochs, image_size=224, batch_size=64, lr=1e-3,
                   backbone_lr_scale=1.0, lr_schedule="constant", augment=False, dropout=0.0, weight_decay=0.01,
                   mixup=0.0, probe_ensemble=False, random_state=0)
-    spec = load_backbone("efficientnet_lite0", weights=None).preprocessing.replace(image_size=224)
-    ready = lambda X: prepare_batch(torch.from_numpy(X).permute(0, 3, 1, 2), spec, torch.device("cpu"))  # noqa: E731
-
-    def hand():
-        net = hand_loop(ready(Xtr), ytr, args.epochs, 64, 1e-3, 0)
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
-            pred = net(ready(Xte).cuda().contiguous(memory_format=torch.channels_last)).argmax(1).cpu().numpy()
-        return float((pred == yte).mean())
-
-    acc, t = timed(hand, repeats=3)
+    ready = ready_tensors(224)
+    acc, t = timed(lambda: hand_accuracy(Xtr, ytr, Xte, yte, ready, args.epochs, 64, 1e-3), repeats=3)
     rows = [("hand-written loop, ready GPU tensors", "-", acc, t, float("nan"))]
     for depth in (0, 4):
         for name in PLACES:

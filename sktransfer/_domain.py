@@ -20,11 +20,8 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._device import resolve_device
 from ._docstrings import ADAPTATION_MIN_STEPS, DEFAULT_MIN_STEPS
-from ._inference import predict_batch_size, predict_images
 from ._validation import Number
-from .data._sources import as_images
 from .training._adaptation import (
     ADAPTATIONS,
     PREDICTION_METHODS,
@@ -143,11 +140,7 @@ class AdaptationMixin:
     def _embed(self, X):
         """Pooled backbone features of images ``X`` (what the head sees), for ``sktransfer.metrics``."""
         check_is_fitted(self, "net_")
-        source = as_images(X, self, input_shape=self.input_shape, pixel_range=self.pixel_range_)
-        features, device = _Features(self.net_), resolve_device(self.device)
-        batch_size = predict_batch_size(self.batch_size, device, self.preprocessing_.image_size, source.input_pixels)
-        out = predict_images(features, source, self.preprocessing_, device, batch_size)
-        return out.float().cpu().numpy()
+        return self._logits(X, net=_Features(self.net_)).float().cpu().numpy()
 
 
 class _Features(nn.Module):

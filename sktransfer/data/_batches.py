@@ -150,8 +150,9 @@ class PreparedImages:
         size = spec.image_size
         self.cache = None
         shape = (len(source), 3, size, size)
-        if math.prod(shape) * 4 <= PREPARED_CACHE_BYTES:
-            where = device if fits_on_gpu(math.prod(shape) * 4, device) else torch.device("cpu")
+        nbytes = math.prod(shape) * 4
+        if nbytes <= PREPARED_CACHE_BYTES:
+            where = device if fits_on_gpu(nbytes, device) else torch.device("cpu")
             # arrays are resized on the device wherever they wait, so that their values do not depend
             # on the memory free; files are decoded and resized on the CPU anyway
             on = where if source.decodes_files else device
