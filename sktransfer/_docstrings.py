@@ -28,7 +28,9 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         extractor's ``batch_size="auto"`` there (256 up to 256 px).
     lr : float, default=2e-3
         Peak learning rate of the new head (and, times ``backbone_lr_scale``,
-        of the backbone).
+        of the backbone). A rate at which training diverges (a step's loss or
+        the weights become NaN or inf) makes ``fit`` raise ``ValueError`` and
+        leaves the estimator unfitted.
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
     lr_schedule : {"cosine", "constant", "linear", "onecycle"} or callable, default="cosine"
         Per-step schedule (cosine and linear start with a 10 % linear

@@ -11,6 +11,7 @@ import torch
 
 from ._digest import setting_digest
 from .data._preprocessing import Preprocessing
+from .training._trainer import TrainingDiverged
 
 
 class seeded:
@@ -68,7 +69,9 @@ def fit_scope(estimator, fresh):
     first checks that the parameters it was built with are unchanged. A fit that builds a new
     network (``fresh``) records them from the start (its checkpoints carry them) and, if it
     fails, leaves no ``net_``: the estimator stays unfitted (``predict`` raises
-    ``NotFittedError``; a ``warm_start`` fit starts afresh)."""
+    ``NotFittedError``; a ``warm_start`` fit starts afresh). So does any fit whose training
+    diverged (:class:`~sktransfer.training._trainer.TrainingDiverged`): the network it continued
+    holds weights that are not finite, or far from any answer."""
     if fresh:
         estimator._built_with = _structure(estimator)
     else:
@@ -83,8 +86,8 @@ def fit_scope(estimator, fresh):
             )
     try:
         yield
-    except BaseException:
-        if fresh:
+    except BaseException as exc:
+        if fresh or isinstance(exc, TrainingDiverged):
             estimator.__dict__.pop("net_", None)
             estimator.__dict__.pop("_built_with", None)
         raise

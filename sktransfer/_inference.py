@@ -3,16 +3,20 @@
 Every batch goes through :func:`run_batches`: no autograd, autocast on CUDA,
 the batch-size invariance of :func:`batch_invariant`, and batches halved when
 the device runs out of memory (:class:`~sktransfer._device.HalvingOnOOM`), with
-freed memory kept in the process (:mod:`sktransfer._allocator`).
+freed memory kept in the process (:mod:`sktransfer._allocator`), and outputs
+checked for NaN and inf (:class:`_FiniteOutputs`: a float16 overflow is run
+again in float32).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 
 from ._allocator import keeping_freed_memory
-from ._device import HalvingOnOOM, autocast, module_device
+from ._device import HalvingOnOOM, amp_dtype, autocast, module_device
 from .data._batches import GPU_BATCH_INPUT_PIXELS, prepared_batches
 
 
@@ -68,6 +72,7 @@ def run_batches(fn, batches, device, emit, trainable_outputs=False, queue=True):
     as soon as each batch is done.
     """
     run = HalvingOnOOM(lambda b: batch_invariant(fn, b))
+    finite = _FiniteOutputs(fn, device)
     mode = torch.no_grad() if trainable_outputs else torch.inference_mode()
     queued = None
     with mode, autocast(device):
@@ -75,14 +80,14 @@ def run_batches(fn, batches, device, emit, trainable_outputs=False, queue=True):
             out = run(x)
             host, copied = _to_host(out) if queue else (out.float().cpu(), None)
             if queued is not None:  # the previous batch, now that this one is queued
-                _emit_when_copied(emit, *queued)
+                _emit_when_copied(emit, finite, *queued)
                 queued = None
             if copied is None:
-                emit(start, stop, host)
+                emit(start, stop, finite(start, stop, x, host))
             else:
-                queued = (start, stop, host, copied)
+                queued = (start, stop, x if finite.reruns else None, host, copied)
         if queued is not None:
-            _emit_when_copied(emit, *queued)
+            _emit_when_copied(emit, finite, *queued)
 
 
 def _to_host(out):
@@ -101,9 +106,45 @@ def _to_host(out):
     return host, copied
 
 
-def _emit_when_copied(emit, start, stop, out, copied):
+def _emit_when_copied(emit, finite, start, stop, x, out, copied):
     copied.synchronize()
-    emit(start, stop, out)
+    emit(start, stop, finite(start, stop, x, out))
+
+
+class _FiniteOutputs:
+    """Checks each batch's output for NaN and inf on the CPU, where it arrives anyway.
+
+    Under float16 autocast (GPUs of compute capability 7.x), whose range ends at
+    65504, a batch that overflowed is run again in float32 (``reruns``: its
+    input is kept until its output is checked), and one ``RuntimeWarning`` per
+    call says so. An output that is not finite in float32 raises ``ValueError``:
+    a network never hands back NaN or inf as features or predictions.
+    """
+
+    def __init__(self, fn, device):
+        self.fn, self.device = fn, device
+        self.reruns = amp_dtype(device) == torch.float16
+        self.rerun = 0
+
+    def __call__(self, start, stop, x, out):
+        if bool(torch.isfinite(out).all()):
+            return out
+        if self.reruns:
+            with torch.autocast(self.device.type, enabled=False):
+                out = HalvingOnOOM(lambda b: batch_invariant(self.fn, b))(x).float().cpu()
+            if not self.rerun:
+                warnings.warn(
+                    f"The network's output for rows {start}-{stop - 1} overflowed float16 autocast (GPUs of "
+                    "compute capability 7.x, such as V100 and T4, compute in float16, whose range ends at "
+                    "65504); such batches are run again in float32.", RuntimeWarning, stacklevel=2)
+            self.rerun += 1
+            if bool(torch.isfinite(out).all()):
+                return out
+        raise ValueError(
+            f"The network's output for rows {start}-{stop - 1} is not finite (NaN or inf) in float32: "
+            "its weights, or its activations on these inputs, are not finite. Refit the estimator (a "
+            "fit whose training diverges raises instead), or check the weights of your own backbone."
+        )
 
 
 def _indexed_batches(data, indices, batch_size):

@@ -262,6 +262,28 @@ def test_gpus_before_ampere_train_in_fp16_with_a_gradient_scaler(split, monkeypa
     assert clf.score(X_test, y_test) > 0.8
 
 
+def test_outputs_that_overflow_fp16_are_run_again_in_float32_on_the_gpu(monkeypatch):
+    """On a T4 or V100 (fp16 autocast) an output beyond 65504 is recomputed in float32 from the
+    batch kept on the GPU until its asynchronous copy back has been checked."""
+    from sktransfer._inference import run_batches
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    net = torch.nn.Linear(4, 2).cuda()
+    with torch.no_grad():
+        net.weight.fill_(1e3)
+        net.bias.zero_()
+    batches = [(0, 3, torch.ones(3, 4, device="cuda")), (3, 6, torch.full((3, 4), 100.0, device="cuda")),
+               (6, 9, torch.ones(3, 4, device="cuda"))]
+    out = {}
+    with pytest.warns(RuntimeWarning, match="rows 3-5 overflowed float16 autocast"):
+        run_batches(net, iter(batches), torch.device("cuda"), lambda a, b, o: out.__setitem__(a, o.clone()))
+    with torch.no_grad():
+        expected = {start: net(x).cpu() for start, _, x in batches}
+    torch.testing.assert_close(out[3], expected[3], rtol=1e-6, atol=0)  # 4e5: float32's answer
+    for start in (0, 6):  # the batches that fit float16 kept its values
+        torch.testing.assert_close(out[start], expected[start], rtol=1e-2, atol=0)
+
+
 def test_regressor_trains_on_cuda(split):
     X, y, X_test, y_test = split
     reg = FineTuneRegressor(device="cuda", **FAST).fit(X, y.astype(float))

@@ -17,6 +17,7 @@ in the same way.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -118,6 +119,18 @@ def augment_labelled(augment, x, n_labelled):
     return torch.cat([labelled, x[n_labelled:]])
 
 
+class TrainingDiverged(ValueError):
+    """A training step's objective, or the weights after an epoch, were not finite (NaN or inf).
+    The fit that raises it leaves the estimator unfitted (:func:`sktransfer._fitting.fit_scope`),
+    also when it continued a network: that network's weights are lost or far from any answer."""
+
+
+def all_finite(module):
+    """Whether every floating-point parameter and buffer of ``module`` is finite (one sync)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 class Trainer:
     """Runs the epochs of one fit (or one ``partial_fit`` call).
 
@@ -154,6 +167,7 @@ class Trainer:
         self._target_order = np.zeros(0, dtype=np.int64)
         self._steps_done, self._total_steps = 0, None
         self.scaler = grad_scaler(device)  # under fp16 autocast (V100, T4) only
+        self.overflowed = 0  # steps skipped under fp16 autocast: their objective was not finite
 
     # ------------------------------------------------------------ building
     def optimizer(self, terms=()):
@@ -241,9 +255,17 @@ class Trainer:
         (a frozen prefix passes a shorter network on precomputed activations).
         ``on_epoch(count, no_improve)`` is called after each epoch.
         """
-        s = self.settings
         net = self.net if net is None else net
         data = self.data if data is None else data
+        first_step, overflowed = self._steps_done, self.overflowed
+        stopped = self._epochs(optimizer, scheduler, terms, epochs, phase, train_idx, valid_idx, net, data,
+                               no_improve, on_epoch)
+        self._warn_overflowed(self.overflowed - overflowed, self._steps_done - first_step)
+        return stopped
+
+    def _epochs(self, optimizer, scheduler, terms, epochs, phase, train_idx, valid_idx, net, data, no_improve,
+                on_epoch):
+        s = self.settings
         for count in range(1, epochs + 1):
             epoch = len(self.history)
             start = time.perf_counter()
@@ -274,12 +296,24 @@ class Trainer:
                 return True
         return False
 
+    def _warn_overflowed(self, skipped, n_steps):
+        """One warning for the ``skipped`` of ``n_steps`` steps that fp16 autocast skipped (:meth:`_epoch`)."""
+        if skipped:
+            warnings.warn(
+                f"{skipped} of {n_steps} training steps were skipped: under float16 autocast (GPUs "
+                f"of compute capability 7.x, such as V100 and T4) their objective overflowed (was not "
+                f"finite). If this recurs, lower lr (now {self.settings.lr:g}).",
+                RuntimeWarning, stacklevel=4,
+            )
+
     def _epoch(self, net, data, train_idx, optimizer, scheduler, terms, bar=None):
         """One pass over ``train_idx``; returns the mean training loss (loss terms excluded)."""
         s = self.settings
         train_mode(net)
         total, count = 0.0, 0.0
-        for batch in batch_indices(len(train_idx), s.batch_size, self.rng):
+        batches = batch_indices(len(train_idx), s.batch_size, self.rng)
+        skipped = 0
+        for batch in batches:
             idx = train_idx[batch]
             n_labelled, domain = len(idx), None
             if len(self.target_idx):
@@ -309,17 +343,50 @@ class Trainer:
                 extra = term(step)
                 if extra is not None:
                     objective = objective + extra
-            stepped = self._step(optimizer, objective)
+            # one wait for the device a step, before the backward pass: a step whose objective is
+            # not finite would make every weight NaN
+            loss_value, objective_value = torch.stack([loss.detach().float(), objective.detach().float()]).tolist()
+            if math.isfinite(objective_value):
+                stepped = self._step(optimizer, objective)
+            else:
+                self._not_finite(objective_value)  # raises, except under fp16 autocast
+                stepped, skipped = False, skipped + 1
             self._steps_done += 1
             if scheduler is not None and stepped:
                 scheduler.step()
-            labelled = float(weight[labelled_rows(target)].sum())  # rows without a label had no loss
-            total += float(loss.detach()) * labelled
-            count += labelled
+            if math.isfinite(loss_value):
+                labelled = self._labelled_weight(idx[:n_labelled])  # rows without a label had no loss
+                total += loss_value * labelled
+                count += labelled
             if bar is not None:
                 bar.update(n_labelled)
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
+        if skipped == len(batches):
+            self._diverged(f"under float16 autocast the objective overflowed in all {skipped} steps of "
+                           "the epoch, so none of them trained")
+        if not all_finite(net):  # a finite objective whose gradients were not
+            self._diverged("its weights are no longer finite")
         return total / max(count, 1e-12)
+
+    def _labelled_weight(self, idx):
+        """The sample weight of the rows of ``idx`` that have a label (read on the CPU)."""
+        return float(self.w[idx][labelled_rows(self.y[idx])].sum())
+
+    def _not_finite(self, value):
+        """A step's objective is ``value``, not finite. Under fp16 autocast the forward pass
+        overflowed (float16 ends at 65504): the step is skipped and counted. Otherwise training
+        diverged: :class:`TrainingDiverged`, before the step makes every weight NaN."""
+        if self.scaler is None:
+            self._diverged(f"a step's objective was {value}")
+        self.overflowed += 1
+
+    def _diverged(self, what):
+        s = self.settings
+        fix = f"lower lr (now {s.lr:g})" + (" or use optimizer='adamw'" if s.optimizer == "sgd" else "")
+        raise TrainingDiverged(
+            f"Training diverged in epoch {len(self.history) + 1}: {what}. The optimizer's steps are too "
+            f"large for this network and data: {fix}. Loss terms (reg_lambda, an adaptation, a teacher) "
+            "weigh in the steps too. The estimator is left unfitted.")
 
     def _step(self, optimizer, objective):
         """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast). Returns

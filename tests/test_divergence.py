@@ -1,0 +1,198 @@
+"""Training that diverges raises instead of leaving NaN weights, and a network never hands back NaN
+or inf: float16 overflow at inference is run again in float32 (GPUs of compute capability 7.x)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _tiny import IndexedImages, TinyConv, patched_grad_scalers
+from sklearn.exceptions import NotFittedError
+
+from sktransfer import FineTuneClassifier, FineTuneRegressor, load_backbone
+from sktransfer._inference import run_batches
+from sktransfer.training._network import TransferNet
+from sktransfer.training._objectives import classification_loss, classification_score
+from sktransfer.training._trainer import Phase, Trainer, TrainingDiverged, TrainSettings
+
+
+@pytest.mark.parametrize("Estimator", [FineTuneClassifier, FineTuneRegressor])
+def test_a_fit_that_diverges_raises_and_leaves_the_estimator_unfitted(digits, Estimator):
+    images, _, y = digits
+    X = images[:60].copy()
+    before = X.copy()
+    est = Estimator(image_size=32, max_epochs=3, min_steps=0, optimizer="sgd", lr=1e3, random_state=0)
+    with pytest.raises(ValueError, match=r"Training diverged in epoch \d: ") as raised:
+        est.fit(X, y[:60].astype(float) if Estimator is FineTuneRegressor else y[:60])
+    assert isinstance(raised.value, TrainingDiverged)
+    assert "lower lr (now 1000) or use optimizer='adamw'" in str(raised.value)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    np.testing.assert_array_equal(X, before)
+    # the same estimator with a workable rate fits, and predicts finite values
+    est.set_params(optimizer="adamw", lr=2e-3).fit(X, y[:60])
+    assert np.isfinite(est.predict(X).astype(float)).all()
+
+
+def test_a_continued_fit_that_diverges_leaves_the_estimator_unfitted(digits):
+    """warm_start: the network it continued holds weights that are not finite or far from any
+    answer, so it is not kept (as a new fit that fails keeps none)."""
+    images, _, y = digits
+    clf = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=0, warm_start=True, random_state=0)
+    clf.fit(images[:60], y[:60])
+    clf.set_params(optimizer="sgd", lr=1e3, max_epochs=3)
+    with pytest.raises(ValueError, match="Training diverged"):
+        clf.fit(images[:60], y[:60])
+    assert not hasattr(clf, "net_")
+    with pytest.raises(NotFittedError):
+        clf.predict(images[:5])
+
+
+class _Term:
+    """A loss term: ``value(k)`` added at the k-th step (0-based), or nothing."""
+
+    def __init__(self, net, value):
+        self.net, self.at, self.calls = net, value, 0
+
+    def __call__(self, step):
+        extra = self.at(self.calls, self.net)
+        self.calls += 1
+        return extra
+
+    def value(self):
+        return 0.0
+
+
+def _trainer(at):
+    torch.manual_seed(0)
+    net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
+    x = torch.randn(12, 3, 10, 10)
+    y, w = np.array([0, 1] * 6), np.ones(12, dtype=np.float32)
+
+    def loss(out, target, weight):
+        return classification_loss(out, target, weight, [2], np.ones(1))
+
+    def score(out, target, weight):
+        return classification_score(out, target, weight, [2])
+
+    settings = TrainSettings(lr=0.05, batch_size=4, lr_schedule="constant", loss_terms=[lambda net: _Term(net, at)])
+    history = []
+    trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"),
+                      np.random.RandomState(0), history)
+    return trainer, net, history
+
+
+def test_an_objective_that_is_not_finite_raises_before_its_step():
+    start = None
+
+    def at(k, net):
+        nonlocal start
+        if k == 4:
+            start = {key: value.clone() for key, value in net.state_dict().items()}
+            return torch.tensor(float("nan"))
+        return None
+
+    trainer, net, history = _trainer(at)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: a step's objective was nan.*lower lr \(now 0.05\)\."):
+        trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    assert len(history) == 1
+    # the step was not taken: the weights are those before it, finite
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0)
+
+
+def test_weights_that_a_finite_objective_made_nan_raise_at_the_end_of_the_epoch():
+    """The square root's gradient at 0 is infinite: the objective is finite (0) and the last step
+    of the first epoch makes the head's weights NaN; the epoch's check finds them."""
+
+    def at(k, net):
+        return torch.sqrt(net.head.weight.pow(2).sum() * 0.0) if k == 2 else None
+
+    trainer, net, history = _trainer(at)
+    with pytest.raises(TrainingDiverged, match="epoch 1: its weights are no longer finite"):
+        trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    assert history == [] and not torch.isfinite(net.head.weight).all()
+
+
+class _CountingScaler:
+    """A gradient scaler that scales by 1 and records its calls (fp16 autocast's path, on the CPU)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def scale(self, loss):
+        self.calls += 1
+        return loss
+
+    def step(self, optimizer):
+        optimizer.step()
+
+    def update(self):
+        pass
+
+    def get_scale(self):
+        return 1.0
+
+
+def test_under_fp16_a_step_whose_objective_overflowed_is_skipped_and_counted(monkeypatch):
+    """float16 ends at 65504: a forward pass that overflows is not divergence, and GradScaler would
+    lower its scale for it, which does not help. The step is skipped, the fit goes on and warns."""
+    scalers = patched_grad_scalers(monkeypatch, _CountingScaler)
+    trainer, net, history = _trainer(lambda k, net: torch.tensor(float("inf")) if k in (1, 5) else None)
+    with pytest.warns(RuntimeWarning, match="2 of 9 training steps were skipped: under float16 autocast"):
+        assert trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    assert scalers[0].calls == 7  # 9 steps, 2 skipped
+    assert len(history) == 3 and all(np.isfinite(h["train_loss"]) for h in history)
+
+
+def test_under_fp16_an_epoch_whose_every_step_overflowed_raises(monkeypatch):
+    patched_grad_scalers(monkeypatch, _CountingScaler)
+    trainer, _, history = _trainer(lambda k, net: torch.tensor(float("inf")) if k >= 3 else None)
+    with pytest.raises(TrainingDiverged, match="epoch 2: under float16 autocast the objective overflowed in all 3 steps"):
+        trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    assert len(history) == 1
+
+
+def _large_output_net():
+    """Outputs about 4e5 for inputs of 100: beyond float16 (65504), well within float32."""
+    net = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        net.weight.fill_(1e3)
+        net.bias.zero_()
+    return net
+
+
+def _collect(fn, batches, device=torch.device("cpu")):
+    out = {}
+    run_batches(fn, batches, device, lambda start, stop, o: out.__setitem__(start, o.clone()))
+    return out
+
+
+def test_outputs_that_overflow_float16_are_run_again_in_float32(monkeypatch):
+    import sktransfer._inference as inference
+
+    if not torch.amp.is_autocast_available("cpu"):
+        pytest.skip("CPU autocast")
+    # what a GPU of compute capability 7.x does (tests/test_cuda.py reports 7.5 on a real GPU)
+    monkeypatch.setattr(inference, "amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(inference, "autocast", lambda device: torch.autocast("cpu", dtype=torch.float16))
+    net = _large_output_net()
+    small, large = torch.ones(3, 4), torch.full((3, 4), 100.0)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not torch.isfinite(net(large)).all()  # the overflow this test is about
+    with pytest.warns(RuntimeWarning, match="rows 3-5 overflowed float16 autocast") as caught:
+        out = _collect(net, [(0, 3, small), (3, 6, large), (6, 9, large)])
+    assert len([w for w in caught if "overflowed" in str(w.message)]) == 1  # once per call
+    with torch.no_grad():
+        torch.testing.assert_close(out[3], net(large), rtol=0, atol=0)  # float32's values exactly
+        torch.testing.assert_close(out[6], net(large), rtol=0, atol=0)
+        # the batch that fit float16 kept its float16 values
+        assert out[0].dtype == torch.float32 and torch.allclose(out[0], net(small), rtol=1e-2)
+
+
+def test_outputs_that_are_not_finite_in_float32_raise():
+    net = _large_output_net()  # 4e39 for inputs of 1e36: beyond float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no float32 rerun of a float32 output
+        with pytest.raises(ValueError, match=r"output for rows 2-3 is not finite \(NaN or inf\) in float32"):
+            _collect(net, [(0, 2, torch.ones(2, 4)), (2, 4, torch.full((2, 4), 1e36))])
