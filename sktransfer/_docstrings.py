@@ -29,8 +29,8 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     lr : float, default=2e-3
         Peak learning rate of the new head (and, times ``backbone_lr_scale``,
         of the backbone). A rate at which training diverges (a step's loss or
-        the weights become NaN or inf) makes ``fit`` raise ``ValueError`` and
-        leaves the estimator unfitted.
+        the weights become NaN or inf) makes ``fit`` raise ``ValueError``; a
+        new fit then leaves the estimator unfitted.
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
     lr_schedule : {"cosine", "constant", "linear", "onecycle"} or callable, default="cosine"
         Per-step schedule (cosine and linear start with a 10 % linear

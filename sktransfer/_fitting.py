@@ -11,7 +11,7 @@ import torch
 
 from ._digest import setting_digest
 from .data._preprocessing import Preprocessing
-from .training._trainer import TrainingDiverged
+from .training._trainer import TrainingDiverged, finite_weights
 
 
 class seeded:
@@ -69,9 +69,10 @@ def fit_scope(estimator, fresh):
     first checks that the parameters it was built with are unchanged. A fit that builds a new
     network (``fresh``) records them from the start (its checkpoints carry them) and, if it
     fails, leaves no ``net_``: the estimator stays unfitted (``predict`` raises
-    ``NotFittedError``; a ``warm_start`` fit starts afresh). So does any fit whose training
-    diverged (:class:`~sktransfer.training._trainer.TrainingDiverged`): the network it continued
-    holds weights that are not finite, or far from any answer."""
+    ``NotFittedError``; a ``warm_start`` fit starts afresh). So does a fit that continued a
+    network and diverged (:class:`~sktransfer.training._trainer.TrainingDiverged`) leaving weights
+    that are not finite; one that raised before its weights went keeps them (the step that would
+    have taken them was not taken)."""
     if fresh:
         estimator._built_with = _structure(estimator)
     else:
@@ -87,7 +88,7 @@ def fit_scope(estimator, fresh):
     try:
         yield
     except BaseException as exc:
-        if fresh or isinstance(exc, TrainingDiverged):
+        if fresh or isinstance(exc, TrainingDiverged) and not finite_weights(estimator.net_):
             estimator.__dict__.pop("net_", None)
             estimator.__dict__.pop("_built_with", None)
         raise

@@ -72,7 +72,7 @@ def run_batches(fn, batches, device, emit, trainable_outputs=False, queue=True):
     as soon as each batch is done.
     """
     run = HalvingOnOOM(lambda b: batch_invariant(fn, b))
-    finite = _FiniteOutputs(fn, device)
+    finite = _FiniteOutputs(run, device)
     mode = torch.no_grad() if trainable_outputs else torch.inference_mode()
     queued = None
     with mode, autocast(device):
@@ -111,39 +111,53 @@ def _emit_when_copied(emit, finite, start, stop, x, out, copied):
     emit(start, stop, finite(start, stop, x, out))
 
 
+class NonFiniteOutput(ValueError):
+    """A network's output was NaN or inf in float32 (:class:`_FiniteOutputs`)."""
+
+
+def finite_values(tensor):
+    """Whether ``tensor`` holds no NaN and no inf: a min and a max, with no boolean copy of it."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)  # NaN propagates to both
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 class _FiniteOutputs:
     """Checks each batch's output for NaN and inf on the CPU, where it arrives anyway.
 
     Under float16 autocast (GPUs of compute capability 7.x), whose range ends at
-    65504, a batch that overflowed is run again in float32 (``reruns``: its
-    input is kept until its output is checked), and one ``RuntimeWarning`` per
-    call says so. An output that is not finite in float32 raises ``ValueError``:
-    a network never hands back NaN or inf as features or predictions.
+    65504, a batch that overflowed is run again in float32 by ``run`` (the pass's
+    :class:`HalvingOnOOM`, which keeps its batch limit), and one ``RuntimeWarning``
+    per call says so; ``reruns`` says whether inputs must be kept until their
+    output is checked. An output that is not finite in float32 raises
+    :class:`NonFiniteOutput`: a network never hands back NaN or inf as features or
+    predictions.
     """
 
-    def __init__(self, fn, device):
-        self.fn, self.device = fn, device
+    def __init__(self, run, device):
+        self.run, self.device = run, device
         self.reruns = amp_dtype(device) == torch.float16
-        self.rerun = 0
+        self.warned = False
 
     def __call__(self, start, stop, x, out):
-        if bool(torch.isfinite(out).all()):
+        if finite_values(out):
             return out
         if self.reruns:
             with torch.autocast(self.device.type, enabled=False):
-                out = HalvingOnOOM(lambda b: batch_invariant(self.fn, b))(x).float().cpu()
-            if not self.rerun:
+                out = self.run(x).float().cpu()
+            if not self.warned:
                 warnings.warn(
                     f"The network's output for rows {start}-{stop - 1} overflowed float16 autocast (GPUs of "
                     "compute capability 7.x, such as V100 and T4, compute in float16, whose range ends at "
                     "65504); such batches are run again in float32.", RuntimeWarning, stacklevel=2)
-            self.rerun += 1
-            if bool(torch.isfinite(out).all()):
+                self.warned = True
+            if finite_values(out):
                 return out
-        raise ValueError(
-            f"The network's output for rows {start}-{stop - 1} is not finite (NaN or inf) in float32: "
-            "its weights, or its activations on these inputs, are not finite. Refit the estimator (a "
-            "fit whose training diverges raises instead), or check the weights of your own backbone."
+        raise NonFiniteOutput(
+            f"The network's output for rows {start}-{stop - 1} is not finite (NaN or inf) in float32: its "
+            "weights, or its activations on these images, are not finite or overflow. Fit the estimator "
+            "again, or check the weights of your own backbone."
         )
 
 

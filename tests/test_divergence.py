@@ -34,18 +34,41 @@ def test_a_fit_that_diverges_raises_and_leaves_the_estimator_unfitted(digits, Es
     assert np.isfinite(est.predict(X).astype(float)).all()
 
 
-def test_a_continued_fit_that_diverges_leaves_the_estimator_unfitted(digits):
-    """warm_start: the network it continued holds weights that are not finite or far from any
-    answer, so it is not kept (as a new fit that fails keeps none)."""
+def test_a_continued_fit_that_diverges_keeps_the_weights_of_its_last_finite_step(digits):
+    """warm_start: the step whose objective was not finite was not taken, so the network keeps
+    finite weights (those of the step before), and what it predicts is finite."""
     images, _, y = digits
     clf = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=0, warm_start=True, random_state=0)
     clf.fit(images[:60], y[:60])
     clf.set_params(optimizer="sgd", lr=1e3, max_epochs=3)
-    with pytest.raises(ValueError, match="Training diverged"):
+    with pytest.raises(ValueError, match="Training diverged in epoch 3: a step's objective was"):
         clf.fit(images[:60], y[:60])
-    assert not hasattr(clf, "net_")
+    assert all(torch.isfinite(value).all() for value in clf.net_.state_dict().values() if value.is_floating_point())
+    assert np.isfinite(clf.predict_proba(images[:60])).all()
+
+
+def test_a_first_partial_fit_that_diverges_leaves_the_estimator_unfitted(digits):
+    images, _, y = digits
+    clf = FineTuneClassifier(image_size=32, batch_size=16, optimizer="sgd", lr=1e3, random_state=0)
+    with pytest.raises(ValueError, match="Training diverged in epoch 1"):
+        clf.partial_fit(images[:60], y[:60], classes=np.arange(10))
     with pytest.raises(NotFittedError):
         clf.predict(images[:5])
+
+
+@pytest.mark.parametrize("weights", ["finite", "nan"])
+def test_a_continued_fit_that_diverged_keeps_its_network_only_while_its_weights_are_finite(digits, weights):
+    from sktransfer._fitting import fit_scope
+
+    images, _, y = digits
+    clf = FineTuneClassifier(image_size=32, max_epochs=1, min_steps=0, random_state=0).fit(images[:40], y[:40])
+    with pytest.raises(TrainingDiverged):
+        with fit_scope(clf, fresh=False):
+            if weights == "nan":
+                with torch.no_grad():
+                    clf.net_.head.weight[0, 0] = float("nan")
+            raise TrainingDiverged("diverged")
+    assert hasattr(clf, "net_") == (weights == "finite")
 
 
 class _Term:
@@ -63,7 +86,7 @@ class _Term:
         return 0.0
 
 
-def _trainer(at):
+def _trainer(at, batch_size=4):
     torch.manual_seed(0)
     net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
     x = torch.randn(12, 3, 10, 10)
@@ -75,7 +98,8 @@ def _trainer(at):
     def score(out, target, weight):
         return classification_score(out, target, weight, [2])
 
-    settings = TrainSettings(lr=0.05, batch_size=4, lr_schedule="constant", loss_terms=[lambda net: _Term(net, at)])
+    settings = TrainSettings(lr=0.05, batch_size=batch_size, lr_schedule="constant",
+                             loss_terms=[lambda net: _Term(net, at)])
     history = []
     trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"),
                       np.random.RandomState(0), history)
@@ -114,6 +138,21 @@ def test_weights_that_a_finite_objective_made_nan_raise_at_the_end_of_the_epoch(
     assert history == [] and not torch.isfinite(net.head.weight).all()
 
 
+def test_validation_outputs_that_are_not_finite_are_divergence(monkeypatch):
+    """Weights finite but huge can give outputs that are not: early stopping's validation says so
+    as training divergence, not as a network of the user's that is broken."""
+    import sktransfer.training._trainer as trainer_module
+    from sktransfer._inference import NonFiniteOutput
+
+    def not_finite(*args):
+        raise NonFiniteOutput("not finite")
+
+    monkeypatch.setattr(trainer_module, "predict_logits", not_finite)
+    trainer, _, history = _trainer(lambda k, net: None)
+    with pytest.raises(TrainingDiverged, match="epoch 1: its outputs on the validation images are not finite"):
+        trainer.fit([Phase("fine_tune", 0, 3)], np.arange(8), valid_idx=np.arange(8, 12))
+
+
 class _CountingScaler:
     """A gradient scaler that scales by 1 and records its calls (fp16 autocast's path, on the CPU)."""
 
@@ -145,12 +184,23 @@ def test_under_fp16_a_step_whose_objective_overflowed_is_skipped_and_counted(mon
     assert len(history) == 3 and all(np.isfinite(h["train_loss"]) for h in history)
 
 
-def test_under_fp16_an_epoch_whose_every_step_overflowed_raises(monkeypatch):
+def test_under_fp16_steps_that_overflow_in_a_row_raise(monkeypatch):
+    """Ten steps in a row (or an epoch's, if more) that overflowed: the fit cannot go on."""
     patched_grad_scalers(monkeypatch, _CountingScaler)
     trainer, _, history = _trainer(lambda k, net: torch.tensor(float("inf")) if k >= 3 else None)
-    with pytest.raises(TrainingDiverged, match="epoch 2: under float16 autocast the objective overflowed in all 3 steps"):
-        trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
-    assert len(history) == 1
+    with pytest.raises(TrainingDiverged, match="epoch 5: under float16 autocast the objective overflowed in 10 "
+                                               "steps in a row"):
+        trainer.fit([Phase("fine_tune", 0, 6)], np.arange(12))
+    assert len(history) == 4  # 3 steps an epoch: the 10th overflow in a row is the 13th step
+
+
+def test_under_fp16_an_overflow_in_an_epoch_of_one_step_does_not_raise(monkeypatch):
+    """A fit of few images (or a partial_fit call) has one step an epoch: one overflow skips it."""
+    patched_grad_scalers(monkeypatch, _CountingScaler)
+    trainer, _, history = _trainer(lambda k, net: torch.tensor(float("inf")) if k == 1 else None, batch_size=12)
+    with pytest.warns(RuntimeWarning, match="1 of 3 training steps were skipped"):
+        assert trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    assert len(history) == 3
 
 
 def _large_output_net():

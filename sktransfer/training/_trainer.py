@@ -28,7 +28,7 @@ from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
 from .._allocator import keeping_freed_memory
 from .._device import autocast, grad_scaler
-from .._inference import predict_logits
+from .._inference import NonFiniteOutput, predict_logits
 from .._progress import progress_bar
 from ..data._batches import batch_indices
 from ._freezing import freeze, train_mode
@@ -120,15 +120,19 @@ def augment_labelled(augment, x, n_labelled):
 
 
 class TrainingDiverged(ValueError):
-    """A training step's objective, or the weights after an epoch, were not finite (NaN or inf).
-    The fit that raises it leaves the estimator unfitted (:func:`sktransfer._fitting.fit_scope`),
-    also when it continued a network: that network's weights are lost or far from any answer."""
+    """A training step's objective, the weights after an epoch or the validation outputs were
+    not finite (NaN or inf). A new fit that raises it leaves the estimator unfitted, and so does
+    a continued one whose weights are no longer finite (:func:`sktransfer._fitting.fit_scope`)."""
 
 
-def all_finite(module):
+def finite_weights(module):
     """Whether every floating-point parameter and buffer of ``module`` is finite (one sync)."""
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
     return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+# steps in a row whose objective overflowed float16 before a fit gives up: an epoch's, at least this
+OVERFLOWS_IN_A_ROW = 10
 
 
 class Trainer:
@@ -168,6 +172,7 @@ class Trainer:
         self._steps_done, self._total_steps = 0, None
         self.scaler = grad_scaler(device)  # under fp16 autocast (V100, T4) only
         self.overflowed = 0  # steps skipped under fp16 autocast: their objective was not finite
+        self._overflows_in_a_row = 0
 
     # ------------------------------------------------------------ building
     def optimizer(self, terms=()):
@@ -312,7 +317,6 @@ class Trainer:
         train_mode(net)
         total, count = 0.0, 0.0
         batches = batch_indices(len(train_idx), s.batch_size, self.rng)
-        skipped = 0
         for batch in batches:
             idx = train_idx[batch]
             n_labelled, domain = len(idx), None
@@ -345,12 +349,14 @@ class Trainer:
                     objective = objective + extra
             # one wait for the device a step, before the backward pass: a step whose objective is
             # not finite would make every weight NaN
-            loss_value, objective_value = torch.stack([loss.detach().float(), objective.detach().float()]).tolist()
+            loss_value, objective_value = torch.stack(
+                [loss.detach().reshape(()).float(), objective.detach().reshape(()).float()]).tolist()
             if math.isfinite(objective_value):
                 stepped = self._step(optimizer, objective)
+                self._overflows_in_a_row = 0
             else:
-                self._not_finite(objective_value)  # raises, except under fp16 autocast
-                stepped, skipped = False, skipped + 1
+                self._not_finite(objective_value, len(batches))  # raises, except under fp16 autocast
+                stepped = False
             self._steps_done += 1
             if scheduler is not None and stepped:
                 scheduler.step()
@@ -361,10 +367,7 @@ class Trainer:
             if bar is not None:
                 bar.update(n_labelled)
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
-        if skipped == len(batches):
-            self._diverged(f"under float16 autocast the objective overflowed in all {skipped} steps of "
-                           "the epoch, so none of them trained")
-        if not all_finite(net):  # a finite objective whose gradients were not
+        if not finite_weights(net):  # a finite objective whose gradients were not
             self._diverged("its weights are no longer finite")
         return total / max(count, 1e-12)
 
@@ -372,13 +375,18 @@ class Trainer:
         """The sample weight of the rows of ``idx`` that have a label (read on the CPU)."""
         return float(self.w[idx][labelled_rows(self.y[idx])].sum())
 
-    def _not_finite(self, value):
+    def _not_finite(self, value, n_batches):
         """A step's objective is ``value``, not finite. Under fp16 autocast the forward pass
-        overflowed (float16 ends at 65504): the step is skipped and counted. Otherwise training
-        diverged: :class:`TrainingDiverged`, before the step makes every weight NaN."""
+        overflowed (float16 ends at 65504): the step is skipped and counted, and only an epoch's
+        steps in a row (at least ``OVERFLOWS_IN_A_ROW``) raise. Otherwise training diverged:
+        :class:`TrainingDiverged`, before the step makes every weight NaN."""
         if self.scaler is None:
             self._diverged(f"a step's objective was {value}")
         self.overflowed += 1
+        self._overflows_in_a_row += 1
+        if self._overflows_in_a_row >= max(n_batches, OVERFLOWS_IN_A_ROW):
+            self._diverged(f"under float16 autocast the objective overflowed in {self._overflows_in_a_row} "
+                           "steps in a row, none of which trained")
 
     def _diverged(self, what):
         s = self.settings
@@ -386,7 +394,7 @@ class Trainer:
         raise TrainingDiverged(
             f"Training diverged in epoch {len(self.history) + 1}: {what}. The optimizer's steps are too "
             f"large for this network and data: {fix}. Loss terms (reg_lambda, an adaptation, a teacher) "
-            "weigh in the steps too. The estimator is left unfitted.")
+            "weigh in the steps too.")
 
     def _step(self, optimizer, objective):
         """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast). Returns
@@ -414,7 +422,10 @@ class Trainer:
 
     def evaluate(self, net, data, indices):
         """Weighted loss and score (accuracy, R², ...) on ``indices``."""
-        output = predict_logits(net, data, indices, self.device, self.settings.batch_size)
+        try:
+            output = predict_logits(net, data, indices, self.device, self.settings.batch_size)
+        except NonFiniteOutput:  # finite but huge weights
+            self._diverged("its outputs on the validation images are not finite")
         target = torch.as_tensor(self.y[indices])
         weight = torch.as_tensor(self.w[indices], dtype=torch.float32)
         return float(self.loss(output, target, weight)), float(self.score(output, target, weight))
