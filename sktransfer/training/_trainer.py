@@ -347,8 +347,8 @@ class Trainer:
                 extra = term(step)
                 if extra is not None:
                     objective = objective + extra
-            # one wait for the device a step, before the backward pass: a step whose objective is
-            # not finite would make every weight NaN
+            # the loop's wait for the device comes before the backward pass (it came after the step,
+            # twice): a step whose objective is not finite would make every weight NaN
             loss_value, objective_value = torch.stack(
                 [loss.detach().reshape(()).float(), objective.detach().reshape(()).float()]).tolist()
             if math.isfinite(objective_value):
