@@ -317,6 +317,7 @@ class Trainer:
         train_mode(net)
         total, count = 0.0, 0.0
         batches = batch_indices(len(train_idx), s.batch_size, self.rng)
+        overflowed = self.overflowed
         for batch in batches:
             idx = train_idx[batch]
             n_labelled, domain = len(idx), None
@@ -369,6 +370,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
         if not finite_weights(net):  # a finite objective whose gradients were not
             self._diverged("its weights are no longer finite")
+        if count == 0 and self.overflowed > overflowed:
+            return float("nan")  # every step overflowed fp16: no loss to report
         return total / max(count, 1e-12)
 
     def _labelled_weight(self, idx):
