@@ -28,9 +28,10 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         extractor's ``batch_size="auto"`` there (256 up to 256 px).
     lr : float, default=2e-3
         Peak learning rate of the new head (and, times ``backbone_lr_scale``,
-        of the backbone). A rate at which training diverges (a step's loss or
-        the weights become NaN or inf) makes ``fit`` raise ``ValueError``; a
-        new fit then leaves the estimator unfitted.
+        of the backbone). A rate at which training diverges (a step's objective,
+        the weights or the validation outputs become NaN or inf) makes ``fit``
+        raise ``ValueError``; a new fit then leaves the estimator unfitted
+        (docs/reliability.md says what a continued fit keeps).
     optimizer : {"adamw", "adam", "sgd"}, default="adamw"
     lr_schedule : {"cosine", "constant", "linear", "onecycle"} or callable, default="cosine"
         Per-step schedule (cosine and linear start with a 10 % linear

@@ -99,17 +99,25 @@ FINETUNE_CONSTRAINTS = {
 
 def _kept_optimizer(estimator, trainer):
     """The optimizer ``partial_fit`` keeps from call to call, and ``trainer``'s gradient scaler
-    (fp16 autocast): the one kept with it, whose scale has settled. When ``device`` changed
-    since the last call, a new optimizer for the network's device takes over the old one's state."""
+    (fp16 autocast) and count of overflowed steps: those kept with it (the scale has settled;
+    overflows in a row add up across calls). When ``device`` changed since the last call, a new
+    optimizer for the network's device takes over the old one's state."""
     kept = getattr(estimator, "_partial_optimizer", None)
     if kept is None or state_elsewhere(kept):
         trainer.freeze(estimator.n_frozen_stages_)
         fresh = trainer.optimizer()
         estimator._partial_optimizer = fresh if kept is None else carry_state(kept, fresh)
-        estimator._partial_scaler = trainer.scaler
+        estimator._partial_scaler, estimator._partial_overflows = trainer.scaler, trainer.overflows
     elif trainer.scaler is not None and getattr(estimator, "_partial_scaler", None) is not None:
         trainer.scaler = estimator._partial_scaler
+        trainer.overflows = getattr(estimator, "_partial_overflows", trainer.overflows)
     return estimator._partial_optimizer
+
+
+# what an estimator holds beside its fitted attributes and does not pickle: the pretrained weights (reloaded
+# when needed), partial_fit's optimizer, gradient scaler and overflow count (new ones after loading), and what
+# a fit holds while it runs
+_NOT_PICKLED = ("_pretrained", "_partial_optimizer", "_partial_scaler", "_partial_overflows", "_best", "_teacher_proba")
 
 
 class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):
@@ -405,7 +413,7 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
 
     def __getstate__(self):
         state = cpu_state(super().__getstate__(), ["net_", "probe_net_"])
-        for private in ("_pretrained", "_partial_optimizer", "_partial_scaler", "_best", "_teacher_proba"):
+        for private in _NOT_PICKLED:
             state.pop(private, None)
         return state
 

@@ -11,7 +11,7 @@ import torch
 
 from ._digest import setting_digest
 from .data._preprocessing import Preprocessing
-from .training._trainer import TrainingDiverged, finite_weights
+from .training._divergence import TrainingDiverged, finite_weights
 
 
 class seeded:
@@ -70,9 +70,9 @@ def fit_scope(estimator, fresh):
     network (``fresh``) records them from the start (its checkpoints carry them) and, if it
     fails, leaves no ``net_``: the estimator stays unfitted (``predict`` raises
     ``NotFittedError``; a ``warm_start`` fit starts afresh). So does a fit that continued a
-    network and diverged (:class:`~sktransfer.training._trainer.TrainingDiverged`) leaving weights
-    that are not finite; one that raised before its weights went keeps them (the step that would
-    have taken them was not taken)."""
+    network and diverged (:class:`~sktransfer.training._divergence.TrainingDiverged`), unless it
+    raised before a step that would have spoilt the weights and they are all finite (BatchNorm
+    statistics included): it then keeps the weights of its last finite step."""
     if fresh:
         estimator._built_with = _structure(estimator)
     else:
@@ -88,7 +88,13 @@ def fit_scope(estimator, fresh):
     try:
         yield
     except BaseException as exc:
-        if fresh or isinstance(exc, TrainingDiverged) and not finite_weights(estimator.net_):
+        if fresh or (isinstance(exc, TrainingDiverged) and not _kept_after(exc, estimator)):
             estimator.__dict__.pop("net_", None)
             estimator.__dict__.pop("_built_with", None)
         raise
+
+
+def _kept_after(divergence, estimator):
+    """Whether a continued fit's network stays after ``divergence``: usable and finite."""
+    net = getattr(estimator, "net_", None)
+    return divergence.network_usable and net is not None and finite_weights(net)

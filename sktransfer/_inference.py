@@ -128,7 +128,8 @@ class _FiniteOutputs:
 
     Under float16 autocast (GPUs of compute capability 7.x), whose range ends at
     65504, a batch that overflowed is run again in float32 by ``run`` (the pass's
-    :class:`HalvingOnOOM`, which keeps its batch limit), and one ``RuntimeWarning``
+    :class:`HalvingOnOOM`: a limit it learns in float32 also bounds the later
+    batches of the pass), and one ``RuntimeWarning``
     per call says so; ``reruns`` says whether inputs must be kept until their
     output is checked. An output that is not finite in float32 raises
     :class:`NonFiniteOutput`: a network never hands back NaN or inf as features or

@@ -13,7 +13,8 @@ from sktransfer import FineTuneClassifier, FineTuneRegressor, load_backbone
 from sktransfer._inference import run_batches
 from sktransfer.training._network import TransferNet
 from sktransfer.training._objectives import classification_loss, classification_score
-from sktransfer.training._trainer import Phase, Trainer, TrainingDiverged, TrainSettings
+from sktransfer.training._divergence import TrainingDiverged
+from sktransfer.training._trainer import Phase, Trainer, TrainSettings
 
 
 @pytest.mark.parametrize("Estimator", [FineTuneClassifier, FineTuneRegressor])
@@ -56,8 +57,12 @@ def test_a_first_partial_fit_that_diverges_leaves_the_estimator_unfitted(digits)
         clf.predict(images[:5])
 
 
-@pytest.mark.parametrize("weights", ["finite", "nan"])
-def test_a_continued_fit_that_diverged_keeps_its_network_only_while_its_weights_are_finite(digits, weights):
+@pytest.mark.parametrize("usable, weights, kept", [
+    (True, "finite", True),  # raised before the step that would have spoilt them
+    (True, "nan", False),  # ... but the weights are not finite (BatchNorm statistics of that step)
+    (False, "finite", False),  # validation outputs not finite, or fp16 overflow after overflow
+])
+def test_a_continued_fit_that_diverged_keeps_its_network_only_while_it_is_usable(digits, usable, weights, kept):
     from sktransfer._fitting import fit_scope
 
     images, _, y = digits
@@ -66,9 +71,26 @@ def test_a_continued_fit_that_diverged_keeps_its_network_only_while_its_weights_
         with fit_scope(clf, fresh=False):
             if weights == "nan":
                 with torch.no_grad():
-                    clf.net_.head.weight[0, 0] = float("nan")
-            raise TrainingDiverged("diverged")
-    assert hasattr(clf, "net_") == (weights == "finite")
+                    clf.net_.backbone.model.bn1.running_var[0] = float("nan")
+            raise TrainingDiverged("diverged", network_usable=usable)
+    assert hasattr(clf, "net_") == kept
+
+
+def test_under_fp16_partial_fit_counts_overflows_in_a_row_across_calls(monkeypatch, digits):
+    """Each call is one epoch of two steps here: the fifth call's second step is the tenth
+    overflow in a row, and the network, which overflows, is not kept."""
+    patched_grad_scalers(monkeypatch, _CountingScaler)
+    original = FineTuneClassifier._loss
+    monkeypatch.setattr(FineTuneClassifier, "_loss", lambda self, *args: original(self, *args) * float("inf"))
+    images, _, y = digits
+    clf = FineTuneClassifier(image_size=32, batch_size=16, random_state=0)
+    for call in range(4):
+        with pytest.warns(RuntimeWarning, match="2 of 2 training steps were skipped"):
+            clf.partial_fit(images[:32], y[:32], classes=np.arange(10))
+    assert np.isnan([h["train_loss"] for h in clf.history_]).all()
+    with pytest.raises(TrainingDiverged, match="overflowed in 10 steps in a row"):
+        clf.partial_fit(images[:32], y[:32])
+    assert not hasattr(clf, "net_")
 
 
 class _Term:
@@ -197,6 +219,16 @@ def test_under_fp16_steps_that_overflow_in_a_row_raise(monkeypatch):
                                                "steps in a row"):
         trainer.fit([Phase("fine_tune", 0, 6)], np.arange(12))
     assert len(history) == 4  # 3 steps an epoch: the 10th overflow in a row is the 13th step
+
+
+def test_under_fp16_a_fit_whose_every_step_overflowed_raises(monkeypatch):
+    """Three epochs of one step, all overflowed: fewer than ten in a row, but nothing trained."""
+    patched_grad_scalers(monkeypatch, _CountingScaler)
+    trainer, _, history = _trainer(lambda k, net: None, batch_size=12, overflowing_losses=(0, 1, 2))
+    with pytest.raises(TrainingDiverged, match="in every epoch: under float16 autocast the objective overflowed in all 3 "
+                                               "steps of the fit"), pytest.warns(RuntimeWarning, match="3 of 3"):
+        trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
+    assert len(history) == 3
 
 
 def test_under_fp16_an_overflow_in_an_epoch_of_one_step_does_not_raise(monkeypatch):

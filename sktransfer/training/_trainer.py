@@ -35,6 +35,7 @@ from ._freezing import freeze, train_mode
 from ._frozen_prefix import frozen_prefix
 from ._mixup import mix_batch, mixed_loss
 from ._objectives import labelled_rows
+from ._divergence import Overflows, divergence, finite_weights, warn_overflowed
 from ._optim import current_lr, make_optimizer, make_scheduler
 
 
@@ -119,22 +120,6 @@ def augment_labelled(augment, x, n_labelled):
     return torch.cat([labelled, x[n_labelled:]])
 
 
-class TrainingDiverged(ValueError):
-    """A training step's objective, the weights after an epoch or the validation outputs were
-    not finite (NaN or inf). A new fit that raises it leaves the estimator unfitted, and so does
-    a continued one whose weights are no longer finite (:func:`sktransfer._fitting.fit_scope`)."""
-
-
-def finite_weights(module):
-    """Whether every floating-point parameter and buffer of ``module`` is finite (one sync)."""
-    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
-# steps in a row whose objective overflowed float16 before a fit gives up: an epoch's, at least this
-OVERFLOWS_IN_A_ROW = 10
-
-
 class Trainer:
     """Runs the epochs of one fit (or one ``partial_fit`` call).
 
@@ -171,8 +156,7 @@ class Trainer:
         self._target_order = np.zeros(0, dtype=np.int64)
         self._steps_done, self._total_steps = 0, None
         self.scaler = grad_scaler(device)  # under fp16 autocast (V100, T4) only
-        self.overflowed = 0  # steps skipped under fp16 autocast: their objective was not finite
-        self._overflows_in_a_row = 0
+        self.overflows = Overflows()
 
     # ------------------------------------------------------------ building
     def optimizer(self, terms=()):
@@ -233,6 +217,9 @@ class Trainer:
                 )
                 if stopped:
                     break
+            if self._steps_done and self.overflows.total == self._steps_done:
+                self._diverged(f"under float16 autocast the objective overflowed in all {self._steps_done} "
+                               "steps of the fit, none of which trained", where="in every epoch")
             finished = True
         except KeyboardInterrupt:
             warnings.warn(
@@ -262,10 +249,10 @@ class Trainer:
         """
         net = self.net if net is None else net
         data = self.data if data is None else data
-        first_step, overflowed = self._steps_done, self.overflowed
+        first_step, overflowed = self._steps_done, self.overflows.total
         stopped = self._epochs(optimizer, scheduler, terms, epochs, phase, train_idx, valid_idx, net, data,
                                no_improve, on_epoch)
-        self._warn_overflowed(self.overflowed - overflowed, self._steps_done - first_step)
+        warn_overflowed(self.overflows.total - overflowed, self._steps_done - first_step, self.settings.lr)
         return stopped
 
     def _epochs(self, optimizer, scheduler, terms, epochs, phase, train_idx, valid_idx, net, data, no_improve,
@@ -301,23 +288,13 @@ class Trainer:
                 return True
         return False
 
-    def _warn_overflowed(self, skipped, n_steps):
-        """One warning for the ``skipped`` of ``n_steps`` steps that fp16 autocast skipped (:meth:`_epoch`)."""
-        if skipped:
-            warnings.warn(
-                f"{skipped} of {n_steps} training steps were skipped: under float16 autocast (GPUs "
-                f"of compute capability 7.x, such as V100 and T4) their objective overflowed (was not "
-                f"finite). If this recurs, lower lr (now {self.settings.lr:g}).",
-                RuntimeWarning, stacklevel=4,
-            )
-
     def _epoch(self, net, data, train_idx, optimizer, scheduler, terms, bar=None):
         """One pass over ``train_idx``; returns the mean training loss (loss terms excluded)."""
         s = self.settings
         train_mode(net)
         total, count = 0.0, 0.0
         batches = batch_indices(len(train_idx), s.batch_size, self.rng)
-        overflowed = self.overflowed
+        overflowed = self.overflows.total
         for batch in batches:
             idx = train_idx[batch]
             n_labelled, domain = len(idx), None
@@ -354,7 +331,7 @@ class Trainer:
                 [loss.detach().reshape(()).float(), objective.detach().reshape(()).float()]).tolist()
             if math.isfinite(objective_value):
                 stepped = self._step(optimizer, objective)
-                self._overflows_in_a_row = 0
+                self.overflows.in_a_row = 0
             else:
                 self._not_finite(objective_value, len(batches))  # raises, except under fp16 autocast
                 stepped = False
@@ -370,7 +347,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / max(count, 1e-12):.4f}")
         if not finite_weights(net):  # a finite objective whose gradients were not
             self._diverged("its weights are no longer finite")
-        if count == 0 and self.overflowed > overflowed:
+        if count == 0 and self.overflows.total > overflowed:
             return float("nan")  # every step overflowed fp16: no loss to report
         return total / max(count, 1e-12)
 
@@ -379,25 +356,18 @@ class Trainer:
         return float(self.w[idx][labelled_rows(self.y[idx])].sum())
 
     def _not_finite(self, value, n_batches):
-        """A step's objective is ``value``, not finite. Under fp16 autocast the forward pass
-        overflowed (float16 ends at 65504): the step is skipped and counted, and only an epoch's
-        steps in a row (at least ``OVERFLOWS_IN_A_ROW``) raise. Otherwise training diverged:
-        :class:`TrainingDiverged`, before the step makes every weight NaN."""
+        """A step's objective is ``value``, not finite: :class:`~._divergence.TrainingDiverged`, before the step
+        makes every weight NaN; under fp16 autocast the step is skipped (:class:`Overflows`)."""
         if self.scaler is None:
-            self._diverged(f"a step's objective was {value}")
-        self.overflowed += 1
-        self._overflows_in_a_row += 1
-        if self._overflows_in_a_row >= max(n_batches, OVERFLOWS_IN_A_ROW):
-            self._diverged(f"under float16 autocast the objective overflowed in {self._overflows_in_a_row} "
+            self._diverged(f"a step's objective was {value}", network_usable=True)
+        if self.overflows.add(n_batches):
+            self._diverged(f"under float16 autocast the objective overflowed in {self.overflows.in_a_row} "
                            "steps in a row, none of which trained")
 
-    def _diverged(self, what):
+    def _diverged(self, what, network_usable=False, where=None):
+        """Raise :class:`~._divergence.TrainingDiverged`, ``where`` defaulting to the epoch that runs."""
         s = self.settings
-        fix = f"lower lr (now {s.lr:g})" + (" or use optimizer='adamw'" if s.optimizer == "sgd" else "")
-        raise TrainingDiverged(
-            f"Training diverged in epoch {len(self.history) + 1}: {what}. The optimizer's steps are too "
-            f"large for this network and data: {fix}. Loss terms (reg_lambda, an adaptation, a teacher) "
-            "weigh in the steps too.")
+        raise divergence(what, s.lr, s.optimizer, where or f"in epoch {len(self.history) + 1}", network_usable)
 
     def _step(self, optimizer, objective):
         """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast). Returns
@@ -427,8 +397,10 @@ class Trainer:
         """Weighted loss and score (accuracy, R², ...) on ``indices``."""
         try:
             output = predict_logits(net, data, indices, self.device, self.settings.batch_size)
-        except NonFiniteOutput:  # finite but huge weights
-            self._diverged("its outputs on the validation images are not finite")
+        except NonFiniteOutput as exc:  # finite but huge weights: predict would fail the same way
+            s = self.settings
+            raise divergence("its outputs on the validation images are not finite", s.lr, s.optimizer,
+                             f"in epoch {len(self.history) + 1}") from exc
         target = torch.as_tensor(self.y[indices])
         weight = torch.as_tensor(self.w[indices], dtype=torch.float32)
         return float(self.loss(output, target, weight)), float(self.score(output, target, weight))
