@@ -225,8 +225,8 @@ def test_under_fp16_a_fit_whose_every_step_overflowed_raises(monkeypatch):
     """Three epochs of one step, all overflowed: fewer than ten in a row, but nothing trained."""
     patched_grad_scalers(monkeypatch, _CountingScaler)
     trainer, _, history = _trainer(lambda k, net: None, batch_size=12, overflowing_losses=(0, 1, 2))
-    with pytest.raises(TrainingDiverged, match="in every epoch: under float16 autocast the objective overflowed in all 3 "
-                                               "steps of the fit"), pytest.warns(RuntimeWarning, match="3 of 3"):
+    every = "in every epoch: under float16 autocast the objective overflowed in all 3 steps of the fit"
+    with pytest.raises(TrainingDiverged, match=every), pytest.warns(RuntimeWarning, match="3 of 3"):
         trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
     assert len(history) == 3
 

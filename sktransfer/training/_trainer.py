@@ -31,11 +31,11 @@ from .._device import autocast, grad_scaler
 from .._inference import NonFiniteOutput, predict_logits
 from .._progress import progress_bar
 from ..data._batches import batch_indices
+from ._divergence import Overflows, divergence, finite_weights, warn_overflowed
 from ._freezing import freeze, train_mode
 from ._frozen_prefix import frozen_prefix
 from ._mixup import mix_batch, mixed_loss
 from ._objectives import labelled_rows
-from ._divergence import Overflows, divergence, finite_weights, warn_overflowed
 from ._optim import current_lr, make_optimizer, make_scheduler
 
 
@@ -356,8 +356,8 @@ class Trainer:
         return float(self.w[idx][labelled_rows(self.y[idx])].sum())
 
     def _not_finite(self, value, n_batches):
-        """A step's objective is ``value``, not finite: :class:`~._divergence.TrainingDiverged`, before the step
-        makes every weight NaN; under fp16 autocast the step is skipped (:class:`Overflows`)."""
+        """A step's objective is ``value``, not finite: ``TrainingDiverged``, before the step makes
+        every weight NaN; under fp16 autocast the step is skipped (:class:`Overflows`)."""
         if self.scaler is None:
             self._diverged(f"a step's objective was {value}", network_usable=True)
         if self.overflows.add(n_batches):
@@ -365,7 +365,7 @@ class Trainer:
                            "steps in a row, none of which trained")
 
     def _diverged(self, what, network_usable=False, where=None):
-        """Raise :class:`~._divergence.TrainingDiverged`, ``where`` defaulting to the epoch that runs."""
+        """Raise ``TrainingDiverged``, ``where`` defaulting to the epoch that runs."""
         s = self.settings
         raise divergence(what, s.lr, s.optimizer, where or f"in epoch {len(self.history) + 1}", network_usable)
 
