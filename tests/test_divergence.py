@@ -176,8 +176,10 @@ def test_validation_outputs_that_are_not_finite_are_divergence(monkeypatch):
 
     monkeypatch.setattr(trainer_module, "predict_logits", not_finite)
     trainer, _, history = _trainer(lambda k, net: None)
-    with pytest.raises(TrainingDiverged, match="epoch 1: its outputs on the validation images are not finite"):
+    message = "epoch 1: its outputs on the validation images are not finite"
+    with pytest.raises(TrainingDiverged, match=message) as raised:
         trainer.fit([Phase("fine_tune", 0, 3)], np.arange(8), valid_idx=np.arange(8, 12))
+    assert isinstance(raised.value.__cause__, NonFiniteOutput)
 
 
 class _CountingScaler:

@@ -364,10 +364,11 @@ class Trainer:
             self._diverged(f"under float16 autocast the objective overflowed in {self.overflows.in_a_row} "
                            "steps in a row, none of which trained")
 
-    def _diverged(self, what, network_usable=False, where=None):
-        """Raise ``TrainingDiverged``, ``where`` defaulting to the epoch that runs."""
+    def _diverged(self, what, network_usable=False, where=None, cause=None):
+        """Raise ``TrainingDiverged`` (from ``cause``), ``where`` defaulting to the epoch that runs."""
         s = self.settings
-        raise divergence(what, s.lr, s.optimizer, where or f"in epoch {len(self.history) + 1}", network_usable)
+        where = where or f"in epoch {len(self.history) + 1}"
+        raise divergence(what, s.lr, s.optimizer, where, network_usable) from cause
 
     def _step(self, optimizer, objective):
         """Gradients of ``objective`` and an optimizer step (scaled under fp16 autocast). Returns
@@ -398,9 +399,7 @@ class Trainer:
         try:
             output = predict_logits(net, data, indices, self.device, self.settings.batch_size)
         except NonFiniteOutput as exc:  # finite but huge weights: predict would fail the same way
-            s = self.settings
-            raise divergence("its outputs on the validation images are not finite", s.lr, s.optimizer,
-                             f"in epoch {len(self.history) + 1}") from exc
+            self._diverged("its outputs on the validation images are not finite", cause=exc)
         target = torch.as_tensor(self.y[indices])
         weight = torch.as_tensor(self.w[indices], dtype=torch.float32)
         return float(self.loss(output, target, weight)), float(self.score(output, target, weight))
