@@ -13,6 +13,35 @@ class TinyConv(torch.nn.Module):
         return self.conv(x)
 
 
+def two_class_loss(out, target, weight):
+    """The task loss of :func:`tiny_trainer`'s two classes."""
+    from sktransfer.training._objectives import classification_loss
+
+    return classification_loss(out, target, weight, [2], np.ones(1))
+
+
+def tiny_trainer(settings, loss=two_class_loss):
+    """``(trainer, net, history)``: a Trainer of a :class:`TinyConv` network (torch seed 0) on 12
+    random 10x10 images of two alternating classes, unit weights, on the CPU."""
+    from sktransfer import load_backbone
+    from sktransfer.training._network import TransferNet
+    from sktransfer.training._objectives import classification_score
+    from sktransfer.training._trainer import Trainer
+
+    torch.manual_seed(0)
+    net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
+    x = torch.randn(12, 3, 10, 10)
+    y, w = np.array([0, 1] * 6), np.ones(12, dtype=np.float32)
+
+    def score(out, target, weight):
+        return classification_score(out, target, weight, [2])
+
+    history = []
+    trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"),
+                      np.random.RandomState(0), history)
+    return trainer, net, history
+
+
 class IndexedImages:
     """Prepared images served by index, as ``PreparedImages`` serves them."""
 

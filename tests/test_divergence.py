@@ -6,15 +6,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _tiny import IndexedImages, TinyConv, patched_grad_scalers
+from _tiny import patched_grad_scalers, tiny_trainer, two_class_loss
 from sklearn.exceptions import NotFittedError
 
-from sktransfer import FineTuneClassifier, FineTuneRegressor, load_backbone
+from sktransfer import FineTuneClassifier, FineTuneRegressor
 from sktransfer._inference import run_batches
-from sktransfer.training._network import TransferNet
-from sktransfer.training._objectives import classification_loss, classification_score
 from sktransfer.training._divergence import TrainingDiverged
-from sktransfer.training._trainer import Phase, Trainer, TrainSettings
+from sktransfer.training._trainer import Phase, TrainSettings
 
 
 @pytest.mark.parametrize("Estimator", [FineTuneClassifier, FineTuneRegressor])
@@ -109,28 +107,18 @@ class _Term:
 
 
 def _trainer(at, batch_size=4, overflowing_losses=()):
-    """A Trainer on 12 tiny images; ``at`` gives the loss term's value per step, and the task loss
-    is inf at the calls in ``overflowing_losses``."""
-    torch.manual_seed(0)
-    net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
-    x = torch.randn(12, 3, 10, 10)
-    y, w = np.array([0, 1] * 6), np.ones(12, dtype=np.float32)
+    """:func:`tiny_trainer`; ``at`` gives the loss term's value per step, and the task loss is inf
+    at the calls in ``overflowing_losses``."""
     calls = []
 
     def loss(out, target, weight):
         calls.append(1)
-        value = classification_loss(out, target, weight, [2], np.ones(1))
+        value = two_class_loss(out, target, weight)
         return value * float("inf") if len(calls) - 1 in overflowing_losses else value
-
-    def score(out, target, weight):
-        return classification_score(out, target, weight, [2])
 
     settings = TrainSettings(lr=0.05, batch_size=batch_size, lr_schedule="constant",
                              loss_terms=[lambda net: _Term(net, at)])
-    history = []
-    trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"),
-                      np.random.RandomState(0), history)
-    return trainer, net, history
+    return tiny_trainer(settings, loss)
 
 
 def test_an_objective_that_is_not_finite_raises_before_its_step():

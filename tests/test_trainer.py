@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from _tiny import IndexedImages, TinyConv, patched_grad_scalers, real_cpu_grad_scalers
+from _tiny import TinyConv, patched_grad_scalers, real_cpu_grad_scalers, tiny_trainer
 
 from sktransfer import load_backbone
 from sktransfer.training._network import TransferNet
-from sktransfer.training._objectives import classification_loss, classification_score
-from sktransfer.training._trainer import Phase, Trainer, TrainSettings
+from sktransfer.training._trainer import Phase, TrainSettings
 
 
 class _HeadNorm:
@@ -28,27 +27,14 @@ class _HeadNorm:
 
 
 def _train(strength, terms_seen, **settings):
-    torch.manual_seed(0)
-    net = TransferNet(load_backbone(TinyConv()), 8, 2, pooling="avg")
-    x = torch.randn(12, 3, 10, 10)
-    y = np.array([0, 1] * 6)
-    w = np.ones(12, dtype=np.float32)
-
     def make(net):
         term = _HeadNorm(net, strength)
         terms_seen.append(term)
         return term
 
-    def loss(out, target, weight):
-        return classification_loss(out, target, weight, [2], np.ones(1))
-
-    def score(out, target, weight):
-        return classification_score(out, target, weight, [2])
-
     settings = TrainSettings(**{"lr": 0.05, "batch_size": 4, "lr_schedule": "constant", "loss_terms": [make],
                                 **settings})
-    history = []
-    trainer = Trainer(net, IndexedImages(x), y, w, loss, score, settings, torch.device("cpu"), np.random.RandomState(0), history)
+    trainer, net, history = tiny_trainer(settings)
     assert trainer.fit([Phase("fine_tune", 0, 3)], np.arange(12))
     return net, history
 
