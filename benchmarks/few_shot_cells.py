@@ -5,8 +5,8 @@ test splits (n = 20, 50), the digits and photograph crops on one split (n = 20, 
 n the mean of 3 stratified draws per split (``few_shot.py``'s draws). Run A is
 ``random_state=0`` with the faces' splits 0-4 and the other sets' split 0; run B is
 ``random_state=1``, splits 5-9 and split 1. The bar is issue 14's: the best of the means of
-the three logistic regressions of ``few_shot.py`` (raw pixels, frozen last map, frozen stage 5,
-frozen ``layer="auto"``) on the same draws.
+the logistic regressions of ``few_shot.py`` (on raw pixels, and on frozen embeddings of the last
+map, stage 5 and ``layer="auto"``) on the same draws, at the same image size.
 
 Each ``--setting`` (JSON, passed to ``FineTuneClassifier(image_size=size,
 random_state=seed, **setting)``) prints one line per cell: the classifier's accuracy, a star

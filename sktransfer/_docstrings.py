@@ -66,7 +66,11 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
         deepest stage whose map is still at least 4x4 (Lite0: ``"stage5"`` at
         64 px, ``"stage3"`` at 32 px), which measured better there and runs
         only the kept stages. ``layer_`` tells what was chosen; ``freeze_depth``
-        counts the stages that are kept.
+        counts the stages that are kept. Between those two sizes the rule was
+        not chosen on measurements: with few images at 40-56 px, the
+        classifier on Lite0 scored better with ``layer="stage5",
+        backbone_lr_scale=0.3, mixup=0.2`` (the 64 px recipe) than with the
+        defaults (docs/benchmarks.md, "Between the measured sizes").
     head_init : {"auto", "solve", "zeros", "random"}, default="auto"
         ``"solve"``: before training, the new head is set to a linear model
         solved on the frozen pretrained features of the training images
@@ -326,7 +330,7 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         fine-tuning without it made confident errors where the images
         determined little (faces at 64 px). ``"auto"``: 0.2 with few images
         (fewer than 10 batches of training rows) above a quarter of the
-        backbone's native size (64 px for Lite0's 224), else 0: at 32 px
+        backbone's native size (above 56 px for Lite0's 224), else 0: at 32 px
         the backbone learns at the full rate and mixup lost on the
         photograph crops (docs/benchmarks.md, "Mixup in few-image fits").
         0 with ``adaptation`` or a ``teacher``; a number > 0 beside a
