@@ -64,6 +64,16 @@ def pool_and_test(name, split=0):
     return train_test_split(X, y, test_size=TEST[name], stratify=y, random_state=split)
 
 
+def frozen_embeddings(Xp, Xt, size):
+    """``{label: (pool features, test features, layer_)}``: the frozen Lite0 embeddings of
+    ``FROZEN_LAYERS`` at ``size`` px, on which the logistic regressions of issue 14's bar train."""
+    embeddings = {}
+    for label, layer in FROZEN_LAYERS.items():
+        ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
+        embeddings[label] = (ext.transform(Xp), ext.transform(Xt), ext.layers_[0][0])
+    return embeddings
+
+
 def baseline_scores(Xp, Xt, yp, yt, i, features):
     """Test accuracies of the logistic regressions of issue 14's bar, trained on the pool rows ``i``:
     on raw pixels, then StandardScaler + LogisticRegression on each ``(pool, test)`` pair of
@@ -103,10 +113,7 @@ def skorch_fit_score(Xtr, ytr, Xte, yte, size, n_classes, epochs=10):
 def curve(name, size, repeats, repeat_max_n, skorch_max_n, hidden_max_n, split=0, min_n=0, max_n=None,
           random_state=0):
     Xp, Xt, yp, yt = pool_and_test(name, split)
-    embeddings = {}
-    for label, layer in FROZEN_LAYERS.items():
-        ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
-        embeddings[label] = (ext.transform(Xp), ext.transform(Xt), ext.layers_[0][0])
+    embeddings = frozen_embeddings(Xp, Xt, size)
     rows = []
     for n in [n for n in SIZES[name] if (n is None or n >= min_n) and (max_n is None or (n or len(yp)) <= max_n)]:
         idxs = draws(yp, n, repeats, repeat_max_n)

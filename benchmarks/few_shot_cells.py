@@ -27,9 +27,9 @@ import warnings
 
 import numpy as np
 from _common import machine
-from few_shot import FROZEN_LAYERS, baseline_scores, draws, pool_and_test
+from few_shot import baseline_scores, draws, frozen_embeddings, pool_and_test
 
-from sktransfer import FineTuneClassifier, PretrainedFeatureExtractor, fuse
+from sktransfer import FineTuneClassifier, fuse
 
 RUNS = {"A": (0, {"faces": range(0, 5), "digits": [0], "photo_crops": [0]}),
         "B": (1, {"faces": range(5, 10), "digits": [1], "photo_crops": [1]})}
@@ -42,10 +42,7 @@ def bar(name, size, n, splits):
     scores = []
     for split in splits:
         Xp, Xt, yp, yt = pool_and_test(name, split)
-        features = []
-        for layer in FROZEN_LAYERS.values():
-            ext = PretrainedFeatureExtractor(image_size=size, layer=layer).fit(Xp)
-            features.append((ext.transform(Xp), ext.transform(Xt)))
+        features = [(Fp, Ft) for Fp, Ft, _ in frozen_embeddings(Xp, Xt, size).values()]
         scores += [baseline_scores(Xp, Xt, yp, yt, i, features) for i in draws(yp, n or None, 3, 100)]
     return float(np.max(np.mean(scores, 0)))
 
