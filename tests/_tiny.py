@@ -42,6 +42,16 @@ def tiny_trainer(settings, loss=two_class_loss):
     return trainer, net, history
 
 
+def large_output_linear():
+    """A ``Linear(4, 2)`` whose outputs are about 4e5 for inputs of 100: beyond float16 (65504),
+    well within float32."""
+    net = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        net.weight.fill_(1e3)
+        net.bias.zero_()
+    return net
+
+
 class IndexedImages:
     """Prepared images served by index, as ``PreparedImages`` serves them."""
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from _interrupt import Killed, kill_at
+from _tiny import large_output_linear
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
@@ -268,10 +269,7 @@ def test_outputs_that_overflow_fp16_are_run_again_in_float32_on_the_gpu(monkeypa
     from sktransfer._inference import run_batches
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    net = torch.nn.Linear(4, 2).cuda()
-    with torch.no_grad():
-        net.weight.fill_(1e3)
-        net.bias.zero_()
+    net = large_output_linear().cuda()
     batches = [(0, 3, torch.ones(3, 4, device="cuda")), (3, 6, torch.full((3, 4), 100.0, device="cuda")),
                (6, 9, torch.ones(3, 4, device="cuda"))]
     out = {}

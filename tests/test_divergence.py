@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _tiny import patched_grad_scalers, tiny_trainer, two_class_loss
+from _tiny import large_output_linear, patched_grad_scalers, tiny_trainer, two_class_loss
 from sklearn.exceptions import NotFittedError
 
 from sktransfer import FineTuneClassifier, FineTuneRegressor
@@ -231,15 +231,6 @@ def test_under_fp16_an_overflow_in_an_epoch_of_one_step_does_not_raise(monkeypat
     assert np.isfinite(losses[0]) and np.isnan(losses[1]) and np.isfinite(losses[2])  # no loss, not 0
 
 
-def _large_output_net():
-    """Outputs about 4e5 for inputs of 100: beyond float16 (65504), well within float32."""
-    net = torch.nn.Linear(4, 2)
-    with torch.no_grad():
-        net.weight.fill_(1e3)
-        net.bias.zero_()
-    return net
-
-
 def _collect(fn, batches, device=torch.device("cpu")):
     out = {}
     run_batches(fn, batches, device, lambda start, stop, o: out.__setitem__(start, o.clone()))
@@ -254,7 +245,7 @@ def test_outputs_that_overflow_float16_are_run_again_in_float32(monkeypatch):
     # what a GPU of compute capability 7.x does (tests/test_cuda.py reports 7.5 on a real GPU)
     monkeypatch.setattr(inference, "amp_dtype", lambda device: torch.float16)
     monkeypatch.setattr(inference, "autocast", lambda device: torch.autocast("cpu", dtype=torch.float16))
-    net = _large_output_net()
+    net = large_output_linear()
     small, large = torch.ones(3, 4), torch.full((3, 4), 100.0)
     with torch.autocast("cpu", dtype=torch.float16):
         assert not torch.isfinite(net(large)).all()  # the overflow this test is about
@@ -269,7 +260,7 @@ def test_outputs_that_overflow_float16_are_run_again_in_float32(monkeypatch):
 
 
 def test_outputs_that_are_not_finite_in_float32_raise():
-    net = _large_output_net()  # 4e39 for inputs of 1e36: beyond float32
+    net = large_output_linear()  # 4e39 for inputs of 1e36: beyond float32
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no float32 rerun of a float32 output
         with pytest.raises(ValueError, match=r"output for rows 2-3 is not finite \(NaN or inf\) in float32"):
