@@ -39,13 +39,17 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     backbone_lr_scale : float or "auto", default="auto"
         Backbone learning rate relative to ``lr`` (e.g. 0.1 for a gentler update
         of the pretrained weights). ``"auto"``: 0.3 when the training set holds
-        fewer than 10 batches and ``image_size`` is more than a quarter of the
-        backbone's native size, else 1.0 (``backbone_lr_scale_`` tells which).
-        With few images near the native scale, a full-rate backbone drifts from
-        features on which the solved head was already good (photograph crops,
-        50 images at 64 px: 0.80 at 1.0, 0.82 at 0.3); at 32 px (a seventh of
-        Lite0's 224) the pretrained features are weaker and the full rate
-        measured better on all three image sets of ``benchmarks/few_shot.py``.
+        fewer than 10 batches, unless the network trained ends at a map of
+        stride 8 or less (Lite0 cut after stage 3, as ``layer="auto"`` does at
+        17-32 px); else 1.0 (``backbone_lr_scale_`` tells which). With few
+        images, a full-rate backbone drifts from features on which the solved
+        head was already good (photograph crops, 50 images at 64 px: 0.80 at
+        1.0, 0.82 at 0.3); after stage 3 the pretrained filters are generic and
+        the images small for them, and the full rate measured better on all
+        three image sets of ``benchmarks/few_shot.py`` at 32 px. The rate
+        follows the cut, not the image size: cut after stage 3 at 48 px, the
+        full rate was better on the digits; cut after stage 5, 0.3 (with mixup)
+        won four of five cells (docs/benchmarks.md, "Between the measured sizes").
     layer_decay : float or None, default=None
         Layer-wise learning-rate decay: stage ``i`` of ``n`` gets an extra
         factor ``layer_decay ** (n - 1 - i)``.
@@ -61,16 +65,20 @@ SHARED_PARAMETERS = """    backbone : str, torch.nn.Module, Backbone or fitted e
     layer : "auto", None or "stageK", default="auto"
         Where the backbone is cut: ``"stageK"`` keeps stages 0 ... K and
         drops the rest (their weights are not trained, stored or run), ``None``
-        keeps the whole backbone. ``"auto"``: the whole backbone at its native
-        size; on small inputs, whose last maps shrink to 2x2 or 1x1 pixels, the
-        deepest stage whose map is still at least 4x4 (Lite0: ``"stage5"`` at
-        64 px, ``"stage3"`` at 32 px), which measured better there and runs
-        only the kept stages. ``layer_`` tells what was chosen; ``freeze_depth``
-        counts the stages that are kept. Between those two sizes the rule was
-        not chosen on measurements: with few images at 40-56 px, the
-        classifier on Lite0 scored better with ``layer="stage5",
-        backbone_lr_scale=0.3, mixup=0.2`` (the 64 px recipe) than with the
-        defaults (docs/benchmarks.md, "Between the measured sizes").
+        keeps the whole backbone. ``"auto"``: the whole backbone when its last
+        map is at least 4x4 pixels (from 97 px for Lite0); on smaller inputs,
+        whose last maps shrink to 3x3 or less, the deepest stage whose map is
+        at least 3x3 and larger than the last map (Lite0: ``"stage3"`` at 17-32
+        px, ``"stage5"`` at 33-96 px), which measured better there and runs
+        only the kept stages. One step deeper than the extractor's rule (a map
+        of 4x4): with few images at 24-48 px, fine-tuning after the 3x3 map
+        (with the ``backbone_lr_scale`` and ``mixup`` that follow the cut)
+        beat fine-tuning after the larger one before it (docs/benchmarks.md,
+        "Between the measured sizes" and "The rule follows the cut"). A
+        backbone already cut (a fitted estimator's, ``export_backbone()``) is
+        kept whole while its last map is at least 3x3.
+        ``layer_`` tells what was chosen; ``freeze_depth`` counts the stages
+        that are kept.
     head_init : {"auto", "solve", "zeros", "random"}, default="auto"
         ``"solve"``: before training, the new head is set to a linear model
         solved on the frozen pretrained features of the training images
@@ -329,10 +337,11 @@ CLASSIFIER_PARAMETERS = """    label_smoothing : float, default=0.0
         images, so it cannot grow certain far from them: with few images,
         fine-tuning without it made confident errors where the images
         determined little (faces at 64 px). ``"auto"``: 0.2 with few images
-        (fewer than 10 batches of training rows) above a quarter of the
-        backbone's native size (above 56 px for Lite0's 224), else 0: at 32 px
-        the backbone learns at the full rate and mixup lost on the
-        photograph crops (docs/benchmarks.md, "Mixup in few-image fits").
+        (fewer than 10 batches of training rows) unless the network ends at a
+        map of stride 8 or less (Lite0 cut after stage 3, as ``layer="auto"``
+        does at 17-32 px), else 0: there the backbone learns at the full rate
+        (``backbone_lr_scale``) and mixup lost on the photograph crops
+        (docs/benchmarks.md, "Mixup in few-image fits").
         0 with ``adaptation`` or a ``teacher``; a number > 0 beside a
         ``teacher`` or an adaptation loss on target batches (any method but
         ``"adabn"``) raises, since those read each image as it is. ``0``

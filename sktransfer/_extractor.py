@@ -65,9 +65,9 @@ class PretrainedFeatureExtractor(LazyBackboneAttribute, SaveMixin, TransformerMi
         ``"auto"``: the pooled last feature map at the backbone's native size,
         and on small inputs, whose last maps shrink to 2x2 or 1x1 pixels, the
         deepest stage whose map is still at least 4x4 (for Lite0: ``"stage5"``
-        at 64 px, ``"stage3"`` at 32 px). Measured on three image sets, that
-        stage beats the last map by 0.1-0.6 accuracy at those sizes (see the
-        user guide); the chosen layer is in ``layers_``.
+        at 64 px, ``"stage3"`` at 32 px): by 0.1-0.6 accuracy above the last
+        map on three image sets (user guide); ``layers_`` tells. A backbone cut
+        by fine-tuning is kept whole while its last map is at least 3x3.
         ``None``: the pooled last feature map (penultimate embedding) always.
         ``"logits"``: the pretrained model's own output (ImageNet logits).
         ``"stageK"``: the output of backbone stage K. Any module name of the

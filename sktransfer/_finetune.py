@@ -24,12 +24,13 @@ from ._device import carry_state, cpu_copy, cpu_state, resolve_device, state_els
 from ._distillation import DistillationMixin
 from ._docstrings import DOCS_URL
 from ._domain import AdaptationMixin, with_unlabelled
+from ._few_images import FewImageSettingsMixin
 from ._fitting import fit_scope, seeded
 from ._inference import predict_batch_size, predict_images
 from ._persistence import SaveMixin
 from ._targets import check_y, target_rows, task_weight_array
 from ._validation import Device, Number, Pattern, PixelRange
-from .backbones._cut import AUTO, EMBEDDING, cut_at_layer, probing
+from .backbones._cut import AUTO, EMBEDDING, cut_at_layer, map_side, probing
 from .backbones._loading import load_backbone
 from .backbones._pooling import POOLINGS, pool
 from .data._augment import resolve_augment
@@ -37,14 +38,9 @@ from .data._batches import PreparedImages, resolve_num_workers
 from .data._preprocessing import Preprocessing, prepare_batch
 from .data._sources import as_images, learn_pixel_range
 from .training._checkpoint import Checkpointer, run_digest
-from .training._freezing import (
-    BN_STATS,
-    check_freeze_depth,
-    resolve_backbone_lr_scale,
-    resolve_bn_stats,
-)
+from .training._freezing import BN_STATS, check_freeze_depth
 from .training._fusion import interpolate
-from .training._head_init import HEAD_INITS, resolve_head_init, start_head
+from .training._head_init import HEAD_INITS, start_head
 from .training._network import TransferNet, hidden_sizes
 from .training._optim import OPTIMIZERS, SCHEDULES
 from .training._penalties import REGULARIZATIONS, WeightPenalty
@@ -120,7 +116,7 @@ def _kept_optimizer(estimator, trainer):
 _NOT_PICKLED = ("_pretrained", "_partial_optimizer", "_partial_scaler", "_partial_overflows", "_best", "_teacher_proba")
 
 
-class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):
+class BaseFineTune(FewImageSettingsMixin, AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):
     """Fine-tuning shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
     _parameter_constraints: dict = FINETUNE_CONSTRAINTS
@@ -238,8 +234,9 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
 
     def _adopt(self, fitted):
         """Take the fitted attributes of a checkpoint's estimator."""
+        self.__dict__.pop("_feature_side", None)  # a checkpoint from before it was kept has none
         for key, value in vars(fitted).items():
-            if (key.endswith("_") and not key.startswith("_")) or key == "_native_size":
+            if (key.endswith("_") and not key.startswith("_")) or key in ("_native_size", "_feature_side"):
                 setattr(self, key, value)
         self._pretrained = None
         self._partial_optimizer = None
@@ -290,7 +287,9 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
         backbone.eval()
         with torch.inference_mode(), probing(backbone, size):
             probe = prepare_batch(torch.zeros(1, 3, size, size), self.preprocessing_, torch.device("cpu"))
-            n_features = pool(backbone.forward_features(probe), self.pooling).shape[1]
+            features = backbone.forward_features(probe)
+            n_features = pool(features, self.pooling).shape[1]
+        self._feature_side = map_side(features)  # where the network ends: see _few_images.py
         net = TransferNet(backbone, n_features, self._n_head_outputs(), self.pooling, self.dropout,
                           hidden_sizes(self.head_hidden))
         self.net_ = net.to(device)
@@ -320,17 +319,6 @@ class BaseFineTune(AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMi
             return adaptation
         anchor = self._anchor_state() if self._uses_l2sp() else None
         return [lambda net: WeightPenalty(net, self.reg_lambda, self.regularization, anchor), *adaptation]
-
-    def _resolve_few_image_settings(self, n_train, start):
-        """``bn_stats_``, ``backbone_lr_scale_`` and, for a fit from the pretrained network (``start``),
-        ``head_init_``, for a training set of ``n_train`` images."""
-        self.bn_stats_ = resolve_bn_stats(self.bn_stats, n_train, self.batch_size)
-        if start:  # training that goes on keeps the head_init_ of the fit that started it
-            all_frozen = self.n_frozen_stages_ == len(self.net_.backbone.stages)
-            self.head_init_ = resolve_head_init(self.head_init, self.bn_stats_, all_frozen)
-        self.backbone_lr_scale_ = resolve_backbone_lr_scale(
-            self.backbone_lr_scale, n_train, self.batch_size, self.preprocessing_.image_size,
-            getattr(self, "_native_size", None))
 
     def _trainer(self, data, y_enc, w, rng, device, augment, adapting=False):
         settings = TrainSettings(

@@ -15,8 +15,7 @@ class MixupMixin:
 
     def _resolve_few_image_settings(self, n_train, start):
         super()._resolve_few_image_settings(n_train, start)
-        self.mixup_ = resolve_mixup(self.mixup, n_train, self.batch_size, self.preprocessing_.image_size,
-                                    getattr(self, "_native_size", None),
+        self.mixup_ = resolve_mixup(self.mixup, n_train, self.batch_size, self._shallow_network(),
                                     self.adaptation is not None or self._teacher() is not None)
 
     def _check_mixup(self):

@@ -16,7 +16,7 @@ from sktransfer import (
     load,
     load_backbone,
 )
-from sktransfer.backbones._cut import auto_stage, cut_backbone, stage_map_sides
+from sktransfer.backbones._cut import FINE_TUNE_MIN_SIDE, auto_stage, cut_backbone, stage_map_sides
 from sktransfer.training._head_init import solve_logistic, solve_ridge, standardise
 
 
@@ -25,7 +25,7 @@ def lite0():
     return load_backbone()
 
 
-@pytest.mark.parametrize("size, stage", [(32, 3), (64, 5), (96, 5), (224, None)])
+@pytest.mark.parametrize("size, stage", [(24, 2), (32, 3), (48, 3), (64, 5), (96, 5), (224, None)])
 def test_auto_stage_is_the_deepest_map_of_at_least_4x4(lite0, size, stage):
     sides, final = stage_map_sides(lite0, size)
     assert auto_stage(lite0, size) == stage
@@ -33,6 +33,19 @@ def test_auto_stage_is_the_deepest_map_of_at_least_4x4(lite0, size, stage):
         assert final >= 4
     else:
         assert sides[stage] >= 4 and all(s < 4 for s in sides[stage + 1:]) and final < 4
+
+
+@pytest.mark.parametrize("size, stage", [(24, 3), (32, 3), (36, 5), (48, 5), (64, 5), (80, 5), (112, None)])
+def test_fine_tuning_cuts_at_the_deepest_map_of_at_least_3x3_above_the_last(lite0, size, stage):
+    """The fine-tuning estimators' rule: a 3x3 map will do, but not one of the last map's size (at
+    80 px stage 6's map is 3x3, as the last map is: the cut stays after stage 5)."""
+    sides, final = stage_map_sides(lite0, size)
+    assert auto_stage(lite0, size, min_side=FINE_TUNE_MIN_SIDE) == stage
+    if stage is None:
+        assert final >= 4
+    else:
+        assert sides[stage] >= 3 and sides[stage] > final and final < 4
+        assert all(s < 3 or s == final for s in sides[stage + 1:])
 
 
 def test_extractor_default_layer_follows_the_image_size(digits):
@@ -302,12 +315,68 @@ def test_bn_stats_pretrained_keeps_the_running_statistics_while_weights_train(di
     assert not any(torch.equal(update[k], pretrained[k]) for k in stats if k.startswith("blocks.2."))
 
 
-def test_backbone_rate_auto_follows_the_image_size_with_few_images(digits):
+@pytest.mark.parametrize("size, layer, expected", [
+    (64, "auto", ("stage5", 0.3, 0.2)), (40, "auto", ("stage5", 0.3, 0.2)), (32, "auto", ("stage3", 1.0, 0.0)),
+    (24, "auto", ("stage3", 1.0, 0.0)), (48, "stage3", ("stage3", 1.0, 0.0)), (32, "stage5", ("stage5", 0.3, 0.2)),
+    (32, None, ("embedding", 0.3, 0.2)),
+])
+def test_backbone_rate_and_mixup_auto_follow_the_cut_with_few_images(digits, size, layer, expected):
+    """A network that ends at stride 8 or less (Lite0's stage 3) learns at the full rate and without
+    mixup; one that goes deeper keeps the backbone at 0.3 and mixes, whatever the image size."""
     _, X, y = digits
-    clf = FineTuneClassifier(max_epochs=1, min_steps=0, random_state=0)
-    assert clf.set_params(image_size=64).fit(X[:30], y[:30]).backbone_lr_scale_ == 0.3
-    assert clf.set_params(image_size=32).fit(X[:30], y[:30]).backbone_lr_scale_ == 1.0
+    clf = FineTuneClassifier(image_size=size, layer=layer, max_epochs=1, min_steps=0, random_state=0)
+    clf.fit(X[:30], y[:30])
+    assert (clf.layer_, clf.backbone_lr_scale_, clf.mixup_) == expected
+    # with 10 batches or more the backbone learns at the head's rate and nothing is mixed
+    clf.set_params(batch_size=3).fit(X[:30], y[:30])
+    assert (clf.backbone_lr_scale_, clf.mixup_) == (1.0, 0.0)
     assert clf.set_params(backbone_lr_scale=0.5).fit(X[:30], y[:30]).backbone_lr_scale_ == 0.5
+
+
+def test_a_model_fitted_before_the_cut_decided_the_rate_keeps_the_image_size_rule(digits):
+    """At 56 px (a quarter of Lite0's 224) the cut is after stage 5, a deep one: 0.3 and mixup. A
+    pickle keeps where its network ends; one from before that was kept (0.2.0) goes on training
+    by the rule it was fitted with, on its image size: the full rate, no mixup."""
+    _, X, y = digits
+    clf = FineTuneClassifier(image_size=56, max_epochs=1, min_steps=0, random_state=0).fit(X[:30], y[:30])
+    assert (clf.layer_, clf.backbone_lr_scale_, clf.mixup_) == ("stage5", 0.3, 0.2)
+    again = pickle.loads(pickle.dumps(clf)).set_params(warm_start=True).fit(X[:30], y[:30])
+    assert (again.backbone_lr_scale_, again.mixup_) == (0.3, 0.2)
+    del clf._feature_side
+    clf.set_params(warm_start=True).fit(X[:30], y[:30])
+    assert (clf.n_epochs_, clf.backbone_lr_scale_, clf.mixup_) == (2, 1.0, 0.0)
+
+
+def test_a_backbone_fine_tuned_after_stage_5_is_not_cut_again(digits):
+    """At 48 px fine-tuning ends after stage 5 on a 3x3 map. Handed on (``export_backbone``), its
+    fine-tuned stages are what it transfers: ``layer="auto"`` keeps them all, for a new
+    fine-tuning and for the extractor, while at 32 px (a 2x2 map) both cut it back to stage 3."""
+    _, X, y = digits
+    source = FineTuneClassifier(image_size=48, max_epochs=1, min_steps=0, random_state=0).fit(X[:20], y[:20])
+    exported = source.export_backbone()
+    # a cut backbone runs its body's blocks, not their containers: its stage maps are read on those
+    assert exported.cut_stage == 5 and stage_map_sides(exported, 32) == ([16, 16, 8, 4, 2, 2], 2)
+    target = FineTuneClassifier(backbone=exported, image_size=48, max_epochs=1, min_steps=0, random_state=0)
+    assert target.fit(X[20:40], y[20:40]).layer_ == "embedding" and len(target.net_.backbone.stages) == 6
+    ext = PretrainedFeatureExtractor(backbone=exported, image_size=48, cache=False).fit(X[:2])
+    assert ext.n_features_out_ == 112  # stage 5's channels
+    smaller = target.set_params(image_size=32).fit(X[20:40], y[20:40])
+    assert smaller.layer_ == "stage3" and len(smaller.net_.backbone.stages) == 4
+    assert PretrainedFeatureExtractor(backbone=exported, image_size=32, cache=False).fit(X[:2]).n_features_out_ == 40
+
+
+def test_shallow_network_is_a_map_of_stride_8_or_less():
+    from sktransfer.training._freezing import shallow_network
+
+    # Lite0 rounds sizes up: stage 3 (stride 8), stage 2 (stride 4) at 24 px
+    assert shallow_network(32, 4) and shallow_network(24, 3) and shallow_network(36, 5) and shallow_network(24, 6)
+    # stage 5 (stride 16) at 36-64 px, the whole network (stride 32) at 32 and 224 px
+    assert not any(shallow_network(s, side) for s, side in [(36, 3), (40, 3), (48, 3), (64, 4), (32, 1), (224, 7)])
+    # a network that rounds down (ConvNeXt): stride 8 at 36 px is 4x4, stride 16 is 2x2
+    assert shallow_network(36, 4) and not shallow_network(36, 2)
+    # not a map (a transformer's tokens): small images are at a quarter of the native size or less
+    assert shallow_network(56, None, 224) and not shallow_network(60, None, 224)
+    assert not shallow_network(32, None, None)
 
 
 @pytest.mark.parametrize("estimator, n, params, expected", [
@@ -397,8 +466,7 @@ def test_bn_stats_auto_depends_on_the_number_of_batches(n, batch_size, expected)
     assert resolve_bn_stats("auto", n, batch_size) == expected
     assert resolve_bn_stats("update", 5, 32) == "update"
     assert resolve_backbone_lr_scale("auto", n, batch_size) == (0.3 if expected == "pretrained" else 1.0)
-    assert resolve_backbone_lr_scale("auto", n, batch_size, 64, 224) == (0.3 if expected == "pretrained" else 1.0)
-    # at a quarter of the native size or less, the backbone learns at the full rate with few images too
-    assert resolve_backbone_lr_scale("auto", n, batch_size, 56, 224) == 1.0
+    # a shallow network (a map of stride 8 or less) learns at the full rate with few images too
+    assert resolve_backbone_lr_scale("auto", n, batch_size, shallow=True) == 1.0
     assert resolve_backbone_lr_scale(0.5, 5, 32) == 0.5
-    assert resolve_backbone_lr_scale(0.5, 5, 32, 32, 224) == 0.5
+    assert resolve_backbone_lr_scale(0.5, 5, 32, shallow=True) == 0.5

@@ -49,14 +49,14 @@ def test_the_mixed_loss_weighs_each_label_by_its_share_and_keeps_the_sample_weig
     torch.testing.assert_close(mixed_loss(loss, logits, y, w, (lam, perm)), expected)
 
 
-@pytest.mark.parametrize("mixup, n_train, size, adapting_or_distilling, expected", [
-    ("auto", 20, 64, False, 0.2), ("auto", 319, 64, False, 0.2), ("auto", 320, 64, False, 0.0),
-    ("auto", 20, 56, False, 0.0), ("auto", 20, 60, False, 0.2), ("auto", 20, None, False, 0.2),
-    ("auto", 20, 64, True, 0.0), (0.5, 5000, 32, False, 0.5), (0, 20, 64, False, 0.0),
+@pytest.mark.parametrize("mixup, n_train, shallow, adapting_or_distilling, expected", [
+    ("auto", 20, False, False, 0.2), ("auto", 319, False, False, 0.2), ("auto", 320, False, False, 0.0),
+    ("auto", 20, True, False, 0.0), ("auto", 20, False, True, 0.0), (0.5, 5000, True, False, 0.5),
+    (0, 20, False, False, 0.0),
 ])
-def test_auto_mixes_few_images_above_a_quarter_of_the_native_size(mixup, n_train, size, adapting_or_distilling,
-                                                                   expected):
-    assert resolve_mixup(mixup, n_train, 32, size, 224, adapting_or_distilling) == expected
+def test_auto_mixes_few_images_unless_the_network_is_shallow(mixup, n_train, shallow, adapting_or_distilling,
+                                                            expected):
+    assert resolve_mixup(mixup, n_train, 32, shallow, adapting_or_distilling) == expected
 
 
 def test_training_mixes_batches_with_the_mixup_the_fit_records(digits, monkeypatch):

@@ -6,7 +6,12 @@ three image sets at 32 and 64 px (``benchmarks/few_shot.py``,
 ``docs/benchmarks.md``), linear models on the pooled output of the deepest stage
 whose map is still at least ``AUTO_MIN_SIDE`` pixels on a side beat the final
 embedding by 0.1 to 0.6 accuracy; at a backbone's native size the rule picks the
-final embedding, as before.
+final embedding, as before. Fine-tuning cuts one step deeper, at the deepest stage
+whose map is at least ``FINE_TUNE_MIN_SIDE`` pixels and larger than the last map:
+with few images at 24, 36, 40 and 48 px, fine-tuning Lite0 after a 3x3 map (with the
+backbone rate and mixup that follow the cut, ``training/_freezing.shallow_network``)
+beat fine-tuning after the larger map before it (``benchmarks/few_shot_cells.py``,
+docs/benchmarks.md, "The rule follows the cut").
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from ._layer_outputs import (  # EMBEDDING: layer_ of an uncut backbone
 )
 
 AUTO = "auto"
-AUTO_MIN_SIDE = 4
+AUTO_MIN_SIDE = 4  # the last map's, and the extractor's stages'
+FINE_TUNE_MIN_SIDE = 3  # the fine-tuning estimators' stages'
 
 
 @contextlib.contextmanager
@@ -75,25 +81,32 @@ def stage_map_sides(backbone, image_size, probed=None):
     ``probed``: :func:`stage_outputs` at ``image_size``, if already run.
     """
     outputs, final = probed or stage_outputs(backbone, image_size)
-    return [_side(out) for out in outputs], _side(final)
+    return [map_side(out) for out in outputs], map_side(final)
 
 
-def _side(out):
+def map_side(out):
+    """The smaller side of a ``(N, C, H, W)`` map (the first of a tuple); ``None`` for anything else."""
     if isinstance(out, (tuple, list)):
         out = out[0]
     return min(out.shape[-2:]) if isinstance(out, torch.Tensor) and out.ndim == 4 else None
 
 
-def auto_stage(backbone, image_size, probed=None):
+def auto_stage(backbone, image_size, probed=None, min_side=AUTO_MIN_SIDE):
     """Stage index chosen by ``layer="auto"`` at ``image_size``; ``None``: the final embedding.
 
     The final embedding when its map is at least ``AUTO_MIN_SIDE`` on a side (or
-    is not a map); otherwise the deepest stage whose map is.
+    is not a map); otherwise the deepest stage whose map is at least ``min_side``
+    and larger than the last map (a cut within the last map's resolution would
+    only drop layers). A backbone already cut (a fitted estimator's, or
+    ``export_backbone()``) is kept whole down to a last map of
+    ``FINE_TUNE_MIN_SIDE``, where fine-tuning cut it: a model fine-tuned at 48 px
+    ends after stage 5 on a 3x3 map, and its stages are what it transfers.
     """
     sides, final = stage_map_sides(backbone, image_size, probed)
-    if final is None or final >= AUTO_MIN_SIDE:
+    keep_whole = FINE_TUNE_MIN_SIDE if getattr(backbone, "cut_stage", None) is not None else AUTO_MIN_SIDE
+    if final is None or final >= keep_whole:
         return None
-    deep_enough = [i for i, side in enumerate(sides) if side is not None and side >= AUTO_MIN_SIDE]
+    deep_enough = [i for i, side in enumerate(sides) if side is not None and side >= min_side and side > final]
     return deep_enough[-1] if deep_enough else None
 
 
@@ -105,21 +118,23 @@ def stage_index(layer, n_stages=None):
     return int(match.group(1))
 
 
-def resolve_layer(backbone, layer, image_size, probed=None):
+def resolve_layer(backbone, layer, image_size, probed=None, min_side=AUTO_MIN_SIDE):
     """``layer="auto"`` -> ``"stageK"`` or ``None`` (the final embedding); other values unchanged.
 
-    ``probed``: :func:`stage_outputs` at ``image_size``, if already run.
+    ``probed``: :func:`stage_outputs` at ``image_size``, if already run; ``min_side``: see
+    :func:`auto_stage`.
     """
     if isinstance(layer, str) and layer == AUTO:
-        stage = auto_stage(backbone, image_size, probed)
+        stage = auto_stage(backbone, image_size, probed, min_side)
         return None if stage is None else f"stage{stage}"
     return layer
 
 
 def cut_at_layer(backbone, layer, image_size):
     """``(backbone cut at layer, layer_)`` for a fine-tuning estimator's ``layer`` parameter:
-    ``"auto"`` resolved at ``image_size``; ``None`` or ``"embedding"``: the whole backbone."""
-    resolved = resolve_layer(backbone, layer, image_size)
+    ``"auto"`` resolved at ``image_size`` with stage maps of ``FINE_TUNE_MIN_SIDE``; ``None`` or
+    ``"embedding"``: the whole backbone."""
+    resolved = resolve_layer(backbone, layer, image_size, min_side=FINE_TUNE_MIN_SIDE)
     if resolved in (None, EMBEDDING):
         return backbone, EMBEDDING
     stage = stage_index(resolved, len(backbone.stages))

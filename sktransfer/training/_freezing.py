@@ -22,7 +22,7 @@ def check_freeze_depth(freeze_depth, n_stages):
 BN_STATS = ("auto", "pretrained", "update")
 # "auto" settings treat a training set of fewer batches than this as few images
 FEW_BATCHES = 10
-# backbone_lr_scale="auto": few images near the native size, and otherwise
+# backbone_lr_scale="auto": few images after a deep cut (see shallow_network), and otherwise
 AUTO_BACKBONE_LR_SCALE = (0.3, 1.0)
 
 
@@ -37,6 +37,23 @@ def small_images(image_size, native_size):
     return image_size is not None and native_size is not None and image_size * 4 <= native_size
 
 
+def shallow_network(image_size, out_side, native_size=None):
+    """Whether the network trained ends at a feature map of stride 8 or less (Lite0's stage 3):
+    ``out_side``, the smaller side of that map, is larger than a map of stride 16 would be,
+    ``ceil(image_size / 16)``. That holds whether a network's strided layers round sizes up
+    (Lite0, ResNet) or down (ConvNeXt), except down-rounding ones at 17-23 px. ``out_side=None``:
+    not a map (a transformer's tokens); then whether the images are small (:func:`small_images`).
+
+    With few images such a network keeps the backbone at the full rate and no mixup. After a cut
+    that shallow the pretrained filters are generic and the images small for them, and adapting
+    them measured better; after a deeper cut the pretrained features are good enough to keep
+    close (docs/benchmarks.md, "Between the measured sizes" and "The rule follows the cut").
+    """
+    if out_side is None:
+        return small_images(image_size, native_size)
+    return image_size is not None and out_side > -(-image_size // 16)
+
+
 def resolve_bn_stats(bn_stats, n_train, batch_size):
     """``"auto"`` -> ``"pretrained"`` with few images, else ``"update"``."""
     if bn_stats != "auto":
@@ -44,17 +61,17 @@ def resolve_bn_stats(bn_stats, n_train, batch_size):
     return "pretrained" if few_images(n_train, batch_size) else "update"
 
 
-def resolve_backbone_lr_scale(scale, n_train, batch_size, image_size=None, native_size=None):
-    """``"auto"`` -> 0.3 with few images at sizes near the backbone's native one, else 1.0.
+def resolve_backbone_lr_scale(scale, n_train, batch_size, shallow=False):
+    """``"auto"`` -> 0.3 with few images, unless the network trained is ``shallow``
+    (:func:`shallow_network`); else 1.0.
 
-    Images at a quarter of the native size or less (32 px for a 224 px
-    backbone) keep 1.0 with few images too: the pretrained filters see them far
-    from the scale they were trained at, and measured better adapted at the full rate.
+    A shallow network (Lite0 cut after stage 3, as at 32 px) keeps 1.0 with few images too: its
+    pretrained filters are generic and see the small images far from the scale they were trained
+    at, and measured better adapted at the full rate.
     """
     if not (isinstance(scale, str) and scale == "auto"):
         return float(scale)
-    small = small_images(image_size, native_size)
-    return AUTO_BACKBONE_LR_SCALE[0 if few_images(n_train, batch_size) and not small else 1]
+    return AUTO_BACKBONE_LR_SCALE[0 if few_images(n_train, batch_size) and not shallow else 1]
 
 
 def freeze(net, n_frozen, bn_stats="update"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._freezing import few_images, small_images
+from ._freezing import few_images
 from ._objectives import known_labels
 
 # mixup="auto": the Beta parameter with few images (Zhang et al.'s ImageNet value), and otherwise
@@ -34,16 +34,16 @@ def check_mixup(mixup, batch_adaptation, distilling):
     )
 
 
-def resolve_mixup(mixup, n_train, batch_size, image_size, native_size, adapting_or_distilling):
-    """``"auto"`` -> 0.2 with few images (fewer than 10 batches) above a quarter of the backbone's
-    native size, else 0; a number is kept.
+def resolve_mixup(mixup, n_train, batch_size, shallow, adapting_or_distilling):
+    """``"auto"`` -> 0.2 with few images (fewer than 10 batches) unless the network trained is
+    ``shallow`` (``_freezing.shallow_network``), else 0; a number is kept.
 
-    At a quarter of the native size or less (32 px for a 224 px backbone) the backbone learns at
-    the full rate with few images (``resolve_backbone_lr_scale``), and mixup measured worse there
-    on the photograph crops (docs/benchmarks.md, "Mixup in few-image fits")."""
+    A shallow network (Lite0 cut after stage 3, as at 32 px) learns at the full rate with few
+    images (``resolve_backbone_lr_scale``), and mixup measured worse there on the photograph crops
+    (docs/benchmarks.md, "Mixup in few-image fits")."""
     if not isinstance(mixup, str):
         return float(mixup)
-    few = few_images(n_train, batch_size) and not small_images(image_size, native_size)
+    few = few_images(n_train, batch_size) and not shallow
     return AUTO_MIXUP_ALPHA[0 if few and not adapting_or_distilling else 1]
 
 
