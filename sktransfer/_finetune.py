@@ -116,7 +116,8 @@ def _kept_optimizer(estimator, trainer):
 _NOT_PICKLED = ("_pretrained", "_partial_optimizer", "_partial_scaler", "_partial_overflows", "_best", "_teacher_proba")
 
 
-class BaseFineTune(FewImageSettingsMixin, AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin, BaseEstimator, register=False):
+class BaseFineTune(FewImageSettingsMixin, AdaptationMixin, DistillationMixin, SaveMixin, EarlierStateMixin,
+                   BaseEstimator, register=False):
     """Fine-tuning shared by :class:`FineTuneClassifier` and :class:`FineTuneRegressor`."""
 
     _parameter_constraints: dict = FINETUNE_CONSTRAINTS

@@ -335,7 +335,7 @@ def test_backbone_rate_and_mixup_auto_follow_the_cut_with_few_images(digits, siz
 
 def test_a_model_fitted_before_the_cut_decided_the_rate_keeps_the_image_size_rule(digits):
     """At 56 px (a quarter of Lite0's 224) the cut is after stage 5, a deep one: 0.3 and mixup. A
-    pickle keeps where its network ends; one from before that was kept (0.2.0) goes on training
+    pickle keeps where its network ends; one pickled before that was kept goes on training
     by the rule it was fitted with, on its image size: the full rate, no mixup."""
     _, X, y = digits
     clf = FineTuneClassifier(image_size=56, max_epochs=1, min_steps=0, random_state=0).fit(X[:30], y[:30])
