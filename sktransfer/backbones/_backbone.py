@@ -77,10 +77,8 @@ class Backbone(nn.Module):
             last = params[-1].split(".")
             candidates = [".".join(last[: i + 1]) for i in range(len(last) - 1)]
             names.append(next((c for c in candidates if c in modules), last[0]))
-        if self.family == "chain":  # a cut backbone runs its body's modules, not their containers
-            names = [next((b for b in reversed(self.body) if b.startswith(name + ".")), name)
-                     if name not in self.body else name for name in names]
-        return names
+        adapter = family_adapter(self.family)
+        return [adapter.output_module(self, name) for name in names]
 
     def head_parameter_names(self):
         staged = {p for _, params in self.stages for p in params}

@@ -24,6 +24,13 @@ class ChainFamily(Family):
             x = backbone.model.get_submodule(name)(x)
         return x
 
+    def output_module(self, backbone, name):
+        """A container of the body (``blocks.1``) is never called: its last block in the body
+        (``blocks.1.1``) gives its output."""
+        if name in backbone.body:
+            return name
+        return next((b for b in reversed(backbone.body) if b.startswith(name + ".")), name)
+
 
 def module_chain(backbone, probe):
     """Modules whose composition, in order, is ``backbone.forward_features``.

@@ -37,6 +37,11 @@ class Family:
         """Stages ``[(label, [parameter names])]``, input to output; ``None``: the
         generic split of the module tree (``_backbone.generic_stages``)."""
 
+    def output_module(self, backbone, name):
+        """The module ``forward_features`` calls whose output is module ``name``'s: ``name`` itself
+        unless the family runs a container's children rather than the container."""
+        return name
+
     def names(self):
         """Registry names to suggest in error messages."""
         return []
