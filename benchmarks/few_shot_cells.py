@@ -10,7 +10,8 @@ map, stage 5 and ``layer="auto"``) on the same draws, at the same image size.
 
 Each ``--setting`` (JSON, passed to ``FineTuneClassifier(image_size=size,
 random_state=seed, **setting)``) prints one line per cell: the classifier's accuracy, a star
-when below the bar, and in brackets its fine-tuned network alone (``probe_net_`` dropped).
+when below the bar, and in brackets its fine-tuned network alone (``probe_net_`` dropped; its test-time views, when the fit
+has them, kept).
 With ``--seeds K`` (K > 1) each draw is fitted K times (``random_state`` seed, seed + 100, ...)
 and the line adds the mean of the K runs' probabilities (averaged with the probe half and half,
 as the classifier does) and their uniform soup (``sktransfer.fuse``). Usage::

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from ._domain import ADAPTATION_CONSTRAINTS
 from ._finetune import FINETUNE_CONSTRAINTS, BaseFineTune
 from ._mixing import MixupMixin
 from ._probe_ensemble import ProbeEnsembleMixin
+from ._test_time import TestTimeAugmentMixin
 from ._targets import (
     check_class_counts,
     check_same_classes,
@@ -39,6 +40,7 @@ CLASSIFIER_CONSTRAINTS = {
     **DISTILLATION_CONSTRAINTS,
     "probe_ensemble": [StrOptions({"auto"}), "boolean"],
     "mixup": [StrOptions({"auto"}), Number(Real, 0, None, closed="left")],
+    "test_time_augment": [StrOptions({"auto"}), Number(Integral, 0, None, closed="left")],
 }
 
 
@@ -46,7 +48,7 @@ def _single_task(estimator):
     return getattr(estimator, "n_outputs_", 1) == 1
 
 
-class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFineTune):
+class FineTuneClassifier(ClassifierMixin, TestTimeAugmentMixin, ProbeEnsembleMixin, MixupMixin, BaseFineTune):
     """Fine-tune a pretrained CNN end to end behind the scikit-learn classifier API.
 
     The network is the pretrained backbone (its own classifier dropped), a
@@ -132,6 +134,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFi
         distill_weight=0.5,
         probe_ensemble="auto",
         mixup="auto",
+        test_time_augment="auto",
     ):
         super().__init__(
             backbone=backbone, weights=weights, freeze_depth=freeze_depth, reg_lambda=reg_lambda,
@@ -156,6 +159,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFi
         self.distill_weight = distill_weight
         self.probe_ensemble = probe_ensemble
         self.mixup = mixup
+        self.test_time_augment = test_time_augment
 
     # ------------------------------------------------------------ target hooks
     def _set_classes(self, classes_per_task):
@@ -222,6 +226,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFi
         """
         self._check_probe_ensemble()
         self._check_mixup()
+        self._check_test_time_augment()
         return self._fit(X, y, sample_weight, sample_domain)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -242,6 +247,7 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFi
         self : FineTuneClassifier
         """
         self._check_mixup()
+        self._check_test_time_augment()
         if hasattr(self, "net_"):
             check_same_classes(classes, self._classes_list())
 
@@ -265,7 +271,8 @@ class FineTuneClassifier(ClassifierMixin, ProbeEnsembleMixin, MixupMixin, BaseFi
     @available_if(_single_task)
     def decision_function(self, X):
         """Logits of the new head (binary: one column, positive class minus negative); with a
-        probe ensemble (``probe_net_``), the log of the mean class probabilities.
+        probe ensemble (``probe_net_``) or test-time views (``test_time_views_``), the log of the
+        mean class probabilities.
 
         Single-task estimators only.
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 import importlib
 import sys
 
+import numpy as np
+
 # values of parameters added in 0.2 that reproduce what estimators did before them
 EARLIER_BEHAVIOUR = {"layer": None, "head_init": "random", "min_steps": 0, "bn_stats": "update",
                      "head_hidden": None}
 EARLIER_CLASSIFIER = {"adaptation": None, "adaptation_weight": 1.0, "teacher": None, "distill_temperature": 4.0,
-                      "distill_weight": 0.5, "probe_ensemble": False, "mixup": 0.0}
+                      "distill_weight": 0.5, "probe_ensemble": False, "mixup": 0.0,
+                      "test_time_augment": 0}
 EARLIER_FITTED = {"layer_": "embedding", "bn_stats_": "update"}
 
 # module of 0.1 -> where its picklable classes live now
@@ -44,6 +47,8 @@ def earlier_finetune_state(state):
         if "missing_label" in state:
             state.setdefault("probe_net_", None)
             state.setdefault("mixup_", 0.0)
+            state.setdefault("test_time_augment_", 0)
+            state.setdefault("test_time_views_", np.zeros((0, 2, 3), dtype=np.float32))
         for name, value in EARLIER_FITTED.items():
             state.setdefault(name, value)
         state.setdefault("head_init_", state["head_init"])  # before "auto", the setting itself

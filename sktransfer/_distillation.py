@@ -35,7 +35,8 @@ TEACHER_BATCH = 512
 
 def teacher_probabilities(teacher, X, n_rows, batch=TEACHER_BATCH):
     """``teacher.predict_proba`` of every row of ``X``, ``batch`` rows a call, as float64 ``(n, k)``
-    (a ``FineTuneClassifier`` teaches with its fine-tuned network alone, see ``_probe_ensemble.py``)."""
+    (a ``FineTuneClassifier`` teaches with its fine-tuned network alone, in one pass: no probe, no
+    test-time views; see ``_probe_ensemble.py``)."""
     classes = teacher_classes(teacher)
     predict_proba = getattr(teacher, "_teaching_proba", teacher.predict_proba)
     parts = []

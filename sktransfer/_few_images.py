@@ -2,7 +2,8 @@
 
 Each ``"auto"`` parameter is resolved once training's size is known (``training/_freezing.py``,
 ``training/_head_init.py`` hold the rules); the classifier's mixins add ``mixup_``
-(``_mixing.py``) and the probe's head (``_probe_ensemble.py``) through ``super()``.
+(``_mixing.py``), the probe's head (``_probe_ensemble.py``) and ``test_time_augment_``
+(``_test_time.py``) through ``super()``.
 """
 
 from __future__ import annotations

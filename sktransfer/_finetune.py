@@ -371,8 +371,13 @@ class BaseFineTune(FewImageSettingsMixin, AdaptationMixin, DistillationMixin, Sa
         device = resolve_device(self.device)
         batch_size = predict_batch_size(self.batch_size, device, self.preprocessing_.image_size, source.input_pixels)
         workers = resolve_num_workers(self.num_workers, source, batch_size)
-        net = self.net_ if net is None else net
+        net = self._prediction_net() if net is None else net
         return predict_images(net, source, self.preprocessing_, device, batch_size, workers)
+
+    def _prediction_net(self):
+        """The module that predicts: ``net_``; the classifier's mixins wrap it (probe ensemble,
+        test-time augmentation)."""
+        return self.net_
 
     # --------------------------------------------------------------- transfer
     def export_backbone(self):

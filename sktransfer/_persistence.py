@@ -72,7 +72,8 @@ class _Encoder:
             return {"__dict__": {k: self(v, f"{path}[{k!r}]") for k, v in value.items()}}
         if isinstance(value, np.ndarray):
             if value.dtype.kind in "biuf" or (value.dtype.kind in "UO" and all(isinstance(v, str) for v in value.ravel())):
-                return {"__ndarray__": value.tolist(), "dtype": value.dtype.str if value.dtype.kind != "O" else "O"}
+                return {"__ndarray__": value.tolist(), "dtype": value.dtype.str if value.dtype.kind != "O" else "O",
+                        "shape": list(value.shape)}  # an empty array's shape is not in its list
             raise _Unsupported(path)
         if isinstance(value, Preprocessing):
             return {"__preprocessing__": self(dict(vars(value)), path)}
@@ -172,7 +173,8 @@ class _Decoder:
             return {k: self(v) for k, v in value["__dict__"].items()}
         if "__ndarray__" in value:
             dtype = object if value["dtype"] == "O" else np.dtype(value["dtype"])
-            return np.asarray(value["__ndarray__"], dtype=dtype)
+            array = np.asarray(value["__ndarray__"], dtype=dtype)
+            return array.reshape(value["shape"]) if "shape" in value else array
         if "__preprocessing__" in value:
             return Preprocessing(**self(value["__preprocessing__"]))
         if "__random_affine__" in value:

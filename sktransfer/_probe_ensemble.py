@@ -95,16 +95,17 @@ class ProbeEnsembleMixin:
         else:
             self.probe_net_ = None if self._probe_ensemble_set() is False else getattr(self, "probe_net_", None)
 
-    def _logits(self, X, net=None):
-        """``net``'s logits; by default the probe ensemble's when there is a probe, else ``net_``'s."""
-        if net is None and getattr(self, "probe_net_", None) is not None:
-            self.probe_net_.to(module_device(self.net_))  # the two may have been moved apart
-            net = ProbeAverage(self.net_, self.probe_net_, self._splits())
-        return super()._logits(X, net)
+    def _prediction_net(self):
+        """The probe ensemble's mean when there is a probe, else what the bases predict with."""
+        net = super()._prediction_net()
+        if getattr(self, "probe_net_", None) is None:
+            return net
+        self.probe_net_.to(module_device(self.net_))  # the two may have been moved apart
+        return ProbeAverage(net, self.probe_net_, self._splits())
 
     def _teaching_proba(self, X):
         """What this classifier teaches as a ``teacher``: the fine-tuned network's probabilities,
-        without the probe. Students distilled from the averaged probabilities learned less (50
+        without the probe and in one pass (no test-time views). Students distilled from the averaged probabilities learned less (50
         digits, 3 draws: 0.893 against 0.915; docs/benchmarks.md)."""
         return self._per_task(X, torch.softmax, net=self.net_)
 

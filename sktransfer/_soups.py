@@ -50,7 +50,9 @@ def fuse(estimators, weights=None, *, X=None):
 
     Classifiers' probes (``probe_net_``, see ``probe_ensemble``) are
     averaged with the same weights; if any member has none, the soup has
-    none and predicts with its fused network alone.
+    none and predicts with its fused network alone. A classifier soup
+    predicts with the first member's test-time views (``test_time_views_``,
+    see ``test_time_augment``), as it takes its parameters.
 
     Parameters
     ----------

@@ -129,7 +129,7 @@ def test_classifier_and_regressor_signatures_agree():
     clf = inspect.signature(FineTuneClassifier.__init__).parameters
     reg = inspect.signature(FineTuneRegressor.__init__).parameters
     only_clf = {"label_smoothing", "class_weight", "missing_label", "adaptation", "adaptation_weight", "teacher",
-                "distill_temperature", "distill_weight", "probe_ensemble", "mixup"}
+                "distill_temperature", "distill_weight", "probe_ensemble", "mixup", "test_time_augment"}
     only_reg = {"loss", "huber_delta"}
     # deliberate: dropout 0 before a solved ridge head; no augmentation for targets that crops change
     differ = {"dropout": (0.2, 0.0), "augment": ("default", False)}

@@ -432,3 +432,18 @@ def test_killed_gpu_run_resumes_from_its_checkpoint(split, tmp_path, monkeypatch
     # their losses are the killed run's: the reference's, up to the GPU's rounding
     assert [h["train_loss"] for h in resumed.history_[:2]] == pytest.approx(
         [h["train_loss"] for h in reference.history_[:2]], rel=0.05)
+
+
+def test_test_time_views_run_on_the_gpu_in_float32_grids_and_match_the_cpu(split):
+    """With few images the classifier predicts over 8 warped views; on the GPU the warps are built
+    outside autocast (a bf16 grid would move the samples) and agree with the CPU's."""
+    X, y, X_test, _ = split
+    clf = FineTuneClassifier(image_size=32, random_state=0, max_epochs=1, min_steps=10).fit(X[:60], y[:60])
+    assert devices(clf.net_) == {"cuda"} and clf.test_time_augment_ == 8
+    on_gpu = clf.predict_proba(X_test)
+    here = pickle.loads(pickle.dumps(clf)).set_params(device="cpu")
+    expected = here.predict_proba(X_test)
+    assert autocast_close(on_gpu, expected)
+    plain = pickle.loads(pickle.dumps(clf)).set_params(device="cpu")
+    plain.test_time_views_ = plain.test_time_views_[:0]
+    assert np.abs(plain.predict_proba(X_test) - expected).max() > 0.01  # the views were used

@@ -12,8 +12,9 @@ from sktransfer._finetune import BaseFineTune
 from sktransfer._probe_ensemble import ProbeAverage
 
 
-def _fit(X, y, **kw):
-    return FineTuneClassifier(**{"image_size": 32, "max_epochs": 2, "random_state": 0, **kw}).fit(X, y)
+def _fit(X, y, **kw):  # without test-time augmentation: the probe ensemble on its own (test_test_time.py)
+    return FineTuneClassifier(**{"image_size": 32, "max_epochs": 2, "random_state": 0, "test_time_augment": 0,
+                                 **kw}).fit(X, y)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def pair(digits):
 
 
 def _softmax(clf, X, net=None):
-    return torch.softmax(BaseFineTune._logits(clf, X, net).double(), 1).numpy()
+    return torch.softmax(BaseFineTune._logits(clf, X, clf.net_ if net is None else net).double(), 1).numpy()
 
 
 def test_predictions_are_the_mean_of_the_two_networks_probabilities(digits, pair):

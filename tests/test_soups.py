@@ -89,7 +89,8 @@ def test_fuse_can_reestimate_batchnorm_statistics_on_images(digits, runs):
     _, X, y = digits
     with pytest.raises(ValueError, match="bn_stats_='pretrained'"):
         fuse(runs[:2], X=X[300:400])  # their heads learned on the pretrained statistics
-    learned = [_run(X[:120], y[:120], seed, bn_stats="update") for seed in (0, 1)]
+    # one pass per image when predicting (no test-time views), so that the hook below sees the images alone
+    learned = [_run(X[:120], y[:120], seed, bn_stats="update", test_time_augment=0) for seed in (0, 1)]
     soup = fuse(learned, X=X[300:400])
     # the first BatchNorm sees the stem convolution's output, which no statistic changes: its running
     # mean is now the mean of that output over the images

@@ -38,7 +38,10 @@ class RandomAffine:
         self.flip = flip
 
     def __call__(self, images, generator=None):
-        n = images.shape[0]
+        return warp(images, self.draw(images.shape[0], generator))
+
+    def draw(self, n, generator=None):
+        """``n`` random affine matrices of shape (n, 2, 3) (for ``F.affine_grid``), on the CPU."""
 
         def uniform(lo, hi):
             return torch.rand(n, generator=generator) * (hi - lo) + lo
@@ -59,13 +62,24 @@ class RandomAffine:
         theta[:, 0, 2] = tx
         theta[:, 1, 1] = sy
         theta[:, 1, 2] = ty
-        theta = theta.to(images.device, images.dtype)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return theta
 
     def __repr__(self):
         return (f"RandomAffine(scale={self.scale}, ratio={self.ratio}, "
                 f"shear_degrees={self.shear_degrees}, flip={self.flip})")
+
+
+def warp(images, theta):
+    """``images`` (N, C, H, W) warped by the affine matrices ``theta`` (N, 2, 3, or (1, 2, 3) for
+    all), bilinear, borders repeated; in the images' dtype even under autocast (whose bf16 grid
+    misplaced samples by up to 0.8 px at 224 px), and in their memory format."""
+    with torch.autocast(images.device.type, enabled=False):
+        theta = theta.to(images.device, images.dtype).expand(images.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def resolve_augment(augment):

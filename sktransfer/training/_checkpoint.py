@@ -26,8 +26,9 @@ from .._digest import state_digest
 from .._persistence import read_file, save_estimator
 from ..data._cache import item_keys
 
-# the teacher counts through its probabilities of the data (its repr may name a memory address)
-_NOT_IN_DIGEST = ("checkpoint_dir", "verbose", "warm_start", "num_workers", "device", "teacher")
+# the teacher counts through its probabilities of the data (its repr may name a memory address);
+# test_time_augment acts only when predicting
+_NOT_IN_DIGEST = ("checkpoint_dir", "verbose", "warm_start", "num_workers", "device", "teacher", "test_time_augment")
 
 
 def _describe(value):
