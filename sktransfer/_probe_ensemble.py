@@ -32,6 +32,19 @@ from .training._fusion import average_modules
 from .training._head_init import resolve_head_init
 
 
+def log_mean_probabilities(outputs, splits):
+    """Per task (``splits``: its columns), the log of the mean of the softmax of ``outputs`` (a
+    list of logits of the same rows): logits whose softmax is the mean of the probabilities.
+
+    In float64, rounded back: float32's vectorised and scalar exp and log differ in the last bit,
+    and which one an element gets depends on the batch's size (check_methods_subset_invariance)."""
+    out = []
+    for task in zip(*(o.split(splits, 1) for o in outputs)):
+        log_p = torch.stack([t.double().log_softmax(1) for t in task])
+        out.append(torch.logsumexp(log_p, 0) - math.log(len(task)))
+    return torch.cat(out, 1).float()
+
+
 class ProbeAverage(nn.Module):
     """Per task, the log of the mean of two networks' softmax outputs: logits whose softmax is
     the mean of the two networks' class probabilities."""
@@ -43,11 +56,7 @@ class ProbeAverage(nn.Module):
         self.splits = list(splits)
 
     def forward(self, x):
-        out = []
-        for a, b in zip(self.net(x).split(self.splits, 1), self.probe(x).split(self.splits, 1)):
-            both = torch.stack([a.float().log_softmax(1), b.float().log_softmax(1)])
-            out.append(torch.logsumexp(both, 0) - math.log(2.0))
-        return torch.cat(out, 1)
+        return log_mean_probabilities([self.net(x), self.probe(x)], self.splits)
 
 
 class ProbeEnsembleMixin:

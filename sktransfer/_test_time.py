@@ -16,11 +16,10 @@ does not depend on the other images of its batch. Predicting costs ``k + 1`` for
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ._probe_ensemble import log_mean_probabilities
 from .data._augment import RandomAffine, resolve_augment, warp
 from .training._freezing import few_images
 
@@ -40,13 +39,7 @@ class ViewAverage(nn.Module):
     def forward(self, x):
         views = self.views.to(x.device, x.dtype)  # one copy per batch, not one per view
         outputs = [self.net(x)] + [self.net(warp(x, theta[None])) for theta in views]
-        # in float64, rounded back: float32's vectorised and scalar exp and log differ in the last bit,
-        # and which one an element gets depends on the batch's size (check_methods_subset_invariance)
-        out = []
-        for task in zip(*(o.split(self.splits, 1) for o in outputs)):
-            log_p = torch.stack([t.double().log_softmax(1) for t in task])
-            out.append(torch.logsumexp(log_p, 0) - math.log(len(task)))
-        return torch.cat(out, 1).float()
+        return log_mean_probabilities(outputs, self.splits)
 
 
 def resolve_test_time_augment(setting, n_train, batch_size, augment, adapting_or_distilling):
