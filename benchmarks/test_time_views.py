@@ -44,8 +44,8 @@ class RandomViews(nn.Module):
         return torch.stack(p).mean(0).clamp_min(1e-12).log()
 
 
-READOUTS = {"plain": None, "random k4": ("random", 4), "random k8": ("random", 8), "fixed k4": ("fixed", 4), "fixed k8": ("fixed", 8),
-            "fixed k16": ("fixed", 16)}
+READOUTS = {"plain": None, "random k4": ("random", 4), "random k8": ("random", 8), "fixed k4": ("fixed", 4),
+            "fixed k8": ("fixed", 8), "fixed k16": ("fixed", 16)}
 
 
 def proba(clf, net, X, how):

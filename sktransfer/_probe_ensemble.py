@@ -114,8 +114,9 @@ class ProbeEnsembleMixin:
 
     def _teaching_proba(self, X):
         """What this classifier teaches as a ``teacher``: the fine-tuned network's probabilities,
-        without the probe and in one pass (no test-time views). Students distilled from the averaged probabilities learned less (50
-        digits, 3 draws: 0.893 against 0.915; docs/benchmarks.md)."""
+        without the probe and in one pass (no test-time views). Students distilled from the
+        averaged probabilities learned less (50 digits, 3 draws: 0.893 against 0.915;
+        docs/benchmarks.md)."""
         return self._per_task(X, torch.softmax, net=self.net_)
 
 

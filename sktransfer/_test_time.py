@@ -11,7 +11,8 @@ augmentation").
 
 The views are ``k`` affine warps drawn once (seed 0) from the augmentation's distribution and
 kept as ``test_time_views_``; every image gets the same ``k`` warps, so an image's prediction
-does not depend on the other images of its batch. Predicting costs ``k + 1`` forward passes.
+does not depend on the other images of its batch. Predicting costs ``k + 1`` forward passes of
+each network.
 """
 
 from __future__ import annotations
