@@ -27,7 +27,7 @@ from few_shot_cells import CELLS, RUNS, bar
 from torch import nn
 
 from sktransfer import FineTuneClassifier, RandomAffine
-from sktransfer._test_time import ViewAverage
+from sktransfer._test_time import ViewAverage, draw_views
 
 
 class RandomViews(nn.Module):
@@ -52,7 +52,7 @@ def proba(clf, net, X, how):
     if how is not None:
         kind, k = how
         net = (RandomViews(net, k) if kind == "random" else
-               ViewAverage(net, RandomAffine().draw(k, torch.Generator().manual_seed(0)), clf._splits()))
+               ViewAverage(net, draw_views(RandomAffine(), k), clf._splits()))
     return clf._logits(X, net).float().softmax(1).numpy()
 
 

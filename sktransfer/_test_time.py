@@ -27,6 +27,12 @@ from .training._freezing import few_images
 AUTO_VIEWS = 8  # views beside the image itself, with few images (docs/benchmarks.md)
 
 
+def draw_views(augment, k):
+    """``k`` affine matrices (k, 2, 3) from ``augment`` (a :class:`RandomAffine`), the same for every
+    fit: drawn from a generator seeded 0."""
+    return augment.draw(k, torch.Generator().manual_seed(0))
+
+
 class ViewAverage(nn.Module):
     """Per task, the log of the mean over the image and its warped views of ``net``'s softmax:
     logits whose softmax is the mean of the class probabilities."""
@@ -62,8 +68,7 @@ class TestTimeAugmentMixin:
         k = resolve_test_time_augment(self.test_time_augment, n_train, self.batch_size, augment,
                                       self.adaptation is not None or self._teacher() is not None)
         self.test_time_augment_ = k
-        self.test_time_views_ = (augment.draw(k, torch.Generator().manual_seed(0)).numpy() if k
-                                 else torch.zeros(0, 2, 3).numpy())
+        self.test_time_views_ = (draw_views(augment, k) if k else torch.zeros(0, 2, 3)).numpy()
 
     def _check_test_time_augment(self):
         """Called by ``fit`` and ``partial_fit`` before training."""

@@ -30,6 +30,7 @@ from .._allocator import keeping_freed_memory
 from .._device import autocast, grad_scaler
 from .._inference import NonFiniteOutput, predict_logits
 from .._progress import progress_bar
+from ..data._augment import in_memory_format_of
 from ..data._batches import batch_indices
 from ._divergence import Overflows, divergence, finite_weights, warn_overflowed
 from ._freezing import freeze, train_mode
@@ -94,16 +95,6 @@ class TrainSettings:
 def steps_per_epoch(n_rows, batch_size):
     """Optimizer steps of an epoch over ``n_rows``, as the schedule and the step budget count them."""
     return max(1, -(-n_rows // batch_size))
-
-
-def in_memory_format_of(x, augmented):
-    """``augmented`` in ``x``'s memory format. ``grid_sample`` (:class:`RandomAffine`), and most
-    augmentations users write, return NCHW tensors, which sent every augmented training step back
-    to NCHW kernels: keeping the batch channels_last made default fits 1.4-1.8x faster on an
-    AVX-512 CPU (docs/benchmarks.md)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return augmented.contiguous(memory_format=torch.channels_last)
-    return augmented
 
 
 def augment_labelled(augment, x, n_labelled):
